@@ -1,0 +1,3 @@
+"""Placeholder until the CLI lands."""
+def main() -> None:
+    raise SystemExit("not yet")
