@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 
 class ConfigError(ValueError):
@@ -80,6 +80,24 @@ class DatasetSpec:
     download: bool = field(default=False, metadata=_spec("cifar10: download when missing"))
 
 
+_TYPE_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "float": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "int": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "int | None": ("a whole number or null", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool))),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "str | None": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "list[int]": ("a list of whole numbers",
+                  lambda v: isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)),
+    "dict[str, Any]": ("an object", lambda v: isinstance(v, dict)),
+}
+
+
+def _check_type(type_name: str, value: Any) -> str | None:
+    expected, check = _TYPE_CHECKS.get(type_name, ("", lambda v: True))
+    return None if check(value) else f"must be {expected} (got {value!r})"
+
+
 def _check_value(name: str, value: Any, meta: dict[str, Any]) -> str | None:
     """The message for one field that breaks its constraints, else None."""
     if "choices" in meta and value not in meta["choices"]:
@@ -107,7 +125,8 @@ def field_errors(obj: Any) -> dict[str, str]:
     """Field-level messages for every constraint that `obj` (a config dataclass) breaks."""
     errors = {}
     for f in dataclasses.fields(obj):
-        message = _check_value(f.name, getattr(obj, f.name), dict(f.metadata))
+        value = getattr(obj, f.name)
+        message = _check_type(str(f.type), value) or _check_value(f.name, value, dict(f.metadata))
         if message:
             errors[f.name] = message
     if isinstance(obj, TrainConfig) and obj.nesterov and (obj.optimizer != "sgd" or obj.momentum <= 0):

@@ -211,23 +211,23 @@ class ModelSpec:
     name: str
     title: str
     description: str
-    build: Callable[[dict[str, Any], bool], nn.Module]  # (options, pretrained) -> model
+    build: Callable[[dict[str, Any], bool, bool], nn.Module]  # (options, pretrained, allow_download) -> model
     defaults: dict[str, Any]  # TrainConfig overrides: the study's hyperparameters
 
 
-def _build_cnn(preset: str | None) -> Callable[[dict[str, Any], bool], nn.Module]:
-    def build(options: dict[str, Any], pretrained: bool) -> nn.Module:
+def _build_cnn(preset: str | None) -> Callable[[dict[str, Any], bool, bool], nn.Module]:
+    def build(options: dict[str, Any], pretrained: bool, allow_download: bool) -> nn.Module:
         base = dict(PRESET_CNNS[preset]) if preset else {}
         return CNN(cnn_config({**base, **options}))
     return build
 
 
-def _build_resnet18(options: dict[str, Any], pretrained: bool) -> nn.Module:
-    allowed = {"upsample", "allow_download"}
+def _build_resnet18(options: dict[str, Any], pretrained: bool, allow_download: bool) -> nn.Module:
+    allowed = {"upsample"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ConfigError({k: f"unknown resnet18 option; valid options: {', '.join(sorted(allowed))}" for k in unknown})
-    return ResNet18Transfer(pretrained=pretrained, **options)
+    return ResNet18Transfer(pretrained=pretrained, allow_download=allow_download, **options)
 
 
 _STUDY_SGD = dict(optimizer="sgd", momentum=0.0, batch_size=64, early_stop_count=4)
@@ -264,9 +264,13 @@ def get_spec(name: str) -> ModelSpec:
         raise ConfigError({"model": f"unknown model {name!r}; valid models: {', '.join(MODELS)}"}) from None
 
 
-def build_model(name: str, options: dict[str, Any] | None = None, pretrained: bool = True) -> nn.Module:
-    """Build the registered model `name` with its model options."""
-    return get_spec(name).build(dict(options or {}), pretrained)
+def build_model(name: str, options: dict[str, Any] | None = None, pretrained: bool = True,
+                allow_download: bool = False) -> nn.Module:
+    """Build the registered model `name` with its model options.
+
+    `pretrained` and `allow_download` only matter to models with pretrained weights.
+    """
+    return get_spec(name).build(dict(options or {}), pretrained, allow_download)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
