@@ -157,7 +157,8 @@ class TerminalProgress(Callback):
     def on_eval(self, report: Any) -> None:
         self.bar.update(report.step - self.bar.n)
         best = " *" if report.is_best else ""
-        self.bar.write(f"eval epoch {report.epoch:5.2f} step {report.step:6d} | {format_metrics(report.metrics)}{best}")
+        self.bar.write(f"eval epoch {report.epoch:5.2f} step {report.step:6d} | {format_metrics(report.metrics)}{best}",
+                       file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:

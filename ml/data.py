@@ -149,7 +149,7 @@ def _read_cifar_batch(path: Path, num_classes: int) -> tuple[torch.Tensor, torch
     """Images (uint8 N×3×32×32) and labels (int64) of one CIFAR batch file."""
     batch = _unpickle(path)
     data, labels = batch.get("data"), batch.get("labels")
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * CIFAR_SIDE**2:
         raise _cifar_error(path, "'data' is not a uint8 array of N rows of 3072 pixels")
     if labels is None or len(labels) != len(data):
         raise _cifar_error(path, f"'labels' does not hold one label per image ({len(data)} images)")
