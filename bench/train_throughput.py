@@ -78,7 +78,7 @@ def bare_loop(model_name: str, config: TrainConfig, data: Splits, device: torch.
     model.train()
     for _ in range(config.epochs):
         order = torch.randperm(n).to(device)
-        for i in range(0, n, b):
+        for i in range(0, n - b + 1, b):  # full batches only, as the trainer's drop_last
             idx = order[i:i + b]
             xb, yb = x.index_select(0, idx), y.index_select(0, idx)
             if use_amp:
@@ -90,7 +90,7 @@ def bare_loop(model_name: str, config: TrainConfig, data: Splits, device: torch.
             optimizer.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return n * config.epochs / (time.perf_counter() - began)
+    return (n // b) * b * config.epochs / (time.perf_counter() - began)
 
 
 class KeepReports(Callback):
@@ -114,7 +114,8 @@ def trainer_loop(model_name: str, config: TrainConfig, data: Splits, device: tor
         torch.cuda.synchronize()
     if result.status != "completed":
         raise RuntimeError(f"trainer ended {result.status}")
-    return len(data.train) * config.epochs / (time.perf_counter() - began)
+    images = result.steps * config.batch_size
+    return images / (time.perf_counter() - began)
 
 
 def measure(model_name: str, device: torch.device, images: int, epochs: int, repeats: int) -> tuple[float, float]:

@@ -48,13 +48,19 @@ class BatchLoader:
     """Shuffled (or ordered) batches of a normalised tensor dataset that already sits on its device."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
-                 shuffle: bool, seed: int = 0, augment: bool = False):
+                 shuffle: bool, seed: int = 0, augment: bool = False, drop_last: bool = False):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed, self.augment = batch_size, shuffle, seed, augment
+        # Training drops the last incomplete batch when there is at least one full one: at the
+        # study's lr 0.05, one SGD step on the 8 leftover images of CIFAR's 45,000 throws the
+        # model far off (measured: val loss 1.36 → 4.13), right before the epoch-end evaluation.
+        self.drop_last = drop_last and len(images) >= batch_size
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.images) // self.batch_size
         return math.ceil(len(self.images) / self.batch_size)
 
     @property

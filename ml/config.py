@@ -52,6 +52,9 @@ class TrainConfig:
     milestones: list[int] = field(
         default_factory=list, metadata=_spec("Epochs at which multistep decays", increasing=True, ge=1)
     )
+    drop_last: bool = field(
+        default=True, metadata=_spec("Skip each epoch's last incomplete training batch (a tiny batch at a high lr "
+                                     "throws the model off right before the epoch-end evaluation)"))
     eval_every: float = field(default=0.5, metadata=_spec("Evaluate every this many epochs", gt=0, le=100))
     protocol: str = field(
         default="full",

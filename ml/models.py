@@ -49,8 +49,32 @@ class CNNConfig:
     order: str = "conv_act_bn"
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_rate(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _type_errors(cfg: CNNConfig) -> dict[str, str]:
+    """Wrong JSON types, caught before the value checks compare them."""
+    checks = {
+        "filters": (isinstance(cfg.filters, list) and all(map(_is_int, cfg.filters)), "a list of whole numbers"),
+        "convs_per_block": (_is_int(cfg.convs_per_block), "a whole number"),
+        "kernel_size": (_is_int(cfg.kernel_size), "a whole number"),
+        "batch_norm": (isinstance(cfg.batch_norm, bool), "true or false"),
+        "dropout": (_is_rate(cfg.dropout) or (isinstance(cfg.dropout, list) and all(map(_is_rate, cfg.dropout))),
+                    "a number or a list of numbers"),
+        "hidden": (isinstance(cfg.hidden, list) and all(map(_is_int, cfg.hidden)), "a list of whole numbers"),
+    }
+    return {name: f"must be {expected}" for name, (ok, expected) in checks.items() if not ok}
+
+
 def _errors(cfg: CNNConfig) -> dict[str, str]:
-    errors: dict[str, str] = {}
+    errors = _type_errors(cfg)
+    if errors:
+        return errors
     if not cfg.filters or any(not isinstance(f, int) or f < 1 for f in cfg.filters):
         errors["filters"] = "must be a non-empty list of positive integers"
     elif len(cfg.filters) > 5:

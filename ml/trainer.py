@@ -396,7 +396,7 @@ def _loaders(splits: Any, config: TrainConfig, device: torch.device, augment: bo
                for s in SPLITS}
     loaders = {f"{s}_eval": BatchLoader(*tensors[s], eval_batch, shuffle=False) for s in SPLITS}
     loaders["train"] = BatchLoader(*tensors["train"], config.batch_size, shuffle=True,
-                                   seed=config.seed, augment=augment)
+                                   seed=config.seed, augment=augment, drop_last=config.drop_last)
     return loaders
 
 

@@ -118,6 +118,10 @@ def test_unknown_model_name_lists_valid_choices():
     ({"filters": []}, "filters"),
     ({"filters": [8] * 6}, "filters"),
     ({"widths": [1]}, "widths"),
+    ({"dropout": "x"}, "dropout"),
+    ({"filters": "32,64"}, "filters"),
+    ({"batch_norm": "yes"}, "batch_norm"),
+    ({"hidden": [64.5]}, "hidden"),
 ])
 def test_invalid_custom_config_names_field_and_choices(options, field):
     with pytest.raises(ConfigError) as err:

@@ -329,3 +329,12 @@ def test_build_model_seeded_by_trainer_is_deterministic():
     torch.manual_seed(0)
     b = build_model("task1")
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_batch_loader_drop_last_skips_incomplete_batch():
+    images, labels = torch.zeros(10, 1, 1, 1), torch.arange(10)
+    loader = BatchLoader(images, labels, 3, shuffle=True, drop_last=True)
+    sizes = [len(y) for _, y in loader.batches(0)]
+    assert len(loader) == 3 and sizes == [3, 3, 3]
+    # Fewer images than one batch: keep them rather than train on nothing.
+    assert len(BatchLoader(images[:2], labels[:2], 3, shuffle=True, drop_last=True)) == 1
