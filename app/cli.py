@@ -1,3 +1,36 @@
-"""Placeholder until the CLI lands."""
-def main() -> None:
-    raise SystemExit("not yet")
+"""The `trainboard` console command: `train` and `models` from ml/, plus `serve`."""
+
+from __future__ import annotations
+
+import argparse
+
+from ml.cli import add_commands
+
+
+def add_serve_command(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="run the dashboard and one training worker (embedded mode)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument("--no-worker", action="store_true",
+                       help="web app only; run workers yourself with `celery -A worker.celery_app worker`")
+    serve.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    # Imported here: `trainboard train` must not need the web stack.
+    from app.embedded import serve
+
+    return serve(args.host, args.port, with_worker=not args.no_worker)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trainboard", description="Launch and inspect CIFAR-10 trainings.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_commands(sub)
+    add_serve_command(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

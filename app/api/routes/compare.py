@@ -1,0 +1,23 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import SessionDep
+from app.models import ComparePublic
+from app.services import runs
+from app.services.errors import InvalidInput
+
+router = APIRouter(tags=["compare"])
+
+
+def _parse_ids(ids: str) -> list[int]:
+    try:
+        return [int(part) for part in ids.split(",") if part.strip()]
+    except ValueError:
+        raise InvalidInput([(("ids",), "must be comma-separated run ids, e.g. 1,2,3")]) from None
+
+
+@router.get("/compare", response_model=ComparePublic)
+def compare(session: SessionDep, ids: Annotated[str, Query(description="Run ids, e.g. 1,2,3")]) -> ComparePublic:
+    """Runs side by side: hyperparameters (and which differ), final and best metrics."""
+    return ComparePublic(**runs.compare_runs(session=session, run_ids=_parse_ids(ids)))

@@ -1,0 +1,18 @@
+from fastapi import APIRouter
+
+from app.models import LayerRow, ModelInfo
+from app.services import catalog
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+@router.get("", response_model=list[ModelInfo])
+def list_models() -> list[ModelInfo]:
+    """The registered models with their parameter counts and preset hyperparameters."""
+    return [ModelInfo(**model) for model in catalog.list_models()]
+
+
+@router.get("/{name}/layers", response_model=list[LayerRow])
+def model_layers(name: str) -> list[LayerRow]:
+    """The model's layers with their parameter counts (404 lists the valid names)."""
+    return [LayerRow(**row) for row in catalog.model_layers(name)]

@@ -1,0 +1,119 @@
+"""One Settings object for the web app and the worker, read from the environment and `.env`.
+
+Paths that are not set explicitly derive from DATA_DIR, so a single variable
+moves all runtime state (database, broker folders, artifacts, datasets).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+FILESYSTEM_BROKER = "filesystem://"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    DATA_DIR: Path = Path("./data")
+    # Empty means: derived from DATA_DIR in `_derive_defaults`.
+    DATABASE_URL: str = ""
+    BROKER_URL: str = ""
+    ARTIFACTS_DIR: Path | None = None
+    DATASETS_DIR: Path | None = None
+
+    # None (or empty) keeps the API open; a value makes every mutating endpoint require it.
+    TRAINBOARD_API_TOKEN: str | None = None
+
+    # A running run whose worker has not written a heartbeat for this long is marked failed.
+    HEARTBEAT_TIMEOUT_S: float = Field(default=60.0, gt=0)
+    WATCHDOG_INTERVAL_S: float = Field(default=15.0, gt=0)
+    # How often a training writes its heartbeat and progress, flushes metrics and polls for a cancel.
+    HEARTBEAT_INTERVAL_S: float = Field(default=2.0, gt=0, le=10)
+    # The longest a training may take; Redis' visibility timeout must exceed it, or
+    # Redis redelivers a task that is still running to a second worker.
+    MAX_RUN_SECONDS: int = Field(default=7 * 24 * 3600, gt=0)
+    # A run redelivered more often than this (worker crashes every time) is failed.
+    MAX_REDELIVERIES: int = Field(default=3, ge=0)
+    # The web side must answer quickly when the broker is down instead of retrying forever.
+    BROKER_CONNECT_TIMEOUT_S: float = Field(default=2.0, gt=0)
+    TRAIN_QUEUE: str = "train"
+
+    MAX_SWEEP_RUNS: int = Field(default=100, ge=1)
+    METRICS_MAX_POINTS: int = Field(default=2000, ge=10)
+    SSE_POLL_INTERVAL_S: float = Field(default=0.75, gt=0)
+    SSE_KEEPALIVE_S: float = Field(default=15.0, gt=0)
+    DB_ECHO: bool = False
+
+    @field_validator("TRAINBOARD_API_TOKEN")
+    @classmethod
+    def _empty_token_means_open(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> Settings:
+        # Absolute paths, so that a later chdir (uvicorn --reload, celery -D) changes nothing.
+        self.DATA_DIR = self.DATA_DIR.expanduser().resolve()
+        self.ARTIFACTS_DIR = (self.ARTIFACTS_DIR or self.DATA_DIR / "artifacts").expanduser().resolve()
+        self.DATASETS_DIR = (self.DATASETS_DIR or self.DATA_DIR / "datasets").expanduser().resolve()
+        if not self.DATABASE_URL:
+            self.DATABASE_URL = f"sqlite:///{self.DATA_DIR / 'trainboard.db'}"
+        if not self.BROKER_URL:
+            self.BROKER_URL = FILESYSTEM_BROKER
+        return self
+
+    @property
+    def broker_dir(self) -> Path:
+        """Root of the serverless filesystem broker's folders."""
+        return self.DATA_DIR / "broker"
+
+    @property
+    def uses_filesystem_broker(self) -> bool:
+        return self.BROKER_URL.startswith("filesystem:")
+
+    def broker_transport_options(self) -> dict[str, Any]:
+        """Kombu transport options for BROKER_URL (folders for filesystem://, timeouts for Redis)."""
+        if self.uses_filesystem_broker:
+            queue = str(self.broker_dir / "queue")
+            return {
+                # One folder for both directions: the web app writes where the worker reads.
+                "data_folder_in": queue,
+                "data_folder_out": queue,
+                "processed_folder": str(self.broker_dir / "processed"),
+                "store_processed": False,
+                # Celery's remote control uses fanout exchanges, which need this folder.
+                "control_folder": str(self.broker_dir / "control"),
+            }
+        return {
+            "visibility_timeout": self.MAX_RUN_SECONDS + 3600,
+            "socket_connect_timeout": self.BROKER_CONNECT_TIMEOUT_S,
+            "socket_timeout": max(self.BROKER_CONNECT_TIMEOUT_S, 5.0),
+        }
+
+    def ensure_dirs(self) -> None:
+        """Create the runtime folders (the broker's only for filesystem://)."""
+        for path in (self.DATA_DIR, self.ARTIFACTS_DIR, self.DATASETS_DIR):
+            path.mkdir(parents=True, exist_ok=True)
+        self.ensure_broker_dirs()
+
+    def ensure_broker_dirs(self) -> None:
+        """Create the filesystem broker's folders (nothing for other brokers)."""
+        if self.uses_filesystem_broker:
+            options = self.broker_transport_options()
+            for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
+                Path(options[key]).mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings. Tests change the environment, then call `get_settings.cache_clear()`.
+
+    TRAINBOARD_ENV_FILE names the dotenv file (default `.env`; empty: none).
+    """
+    env_file = os.environ.get("TRAINBOARD_ENV_FILE", ".env") or None
+    return Settings(_env_file=env_file)

@@ -1,0 +1,107 @@
+"""The FastAPI app: REST API under /api, migrations on start-up, and the lost-worker watchdog.
+
+Run with `uvicorn app.main:app` (or `trainboard serve`). Tests build their own
+app with `create_app(settings)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from app.api.main import api_router
+from app.core.config import Settings, get_settings
+from app.core.db import create_db_engine, init_db
+from app.pages import register_pages
+from app.services.errors import BrokerUnavailable, Conflict, Forbidden, InvalidInput, NotFound
+from app.services.lifecycle import mark_lost_runs, prune_worker_heartbeats
+
+logger = logging.getLogger(__name__)
+
+# Heartbeat rows of workers silent for this many HEARTBEAT_TIMEOUT_S are deleted.
+FORGET_WORKERS_AFTER_TIMEOUTS = 60
+
+
+def run_watchdog_once(engine: Engine, settings: Settings) -> list[int]:
+    """Fail the runs whose worker stopped sending heartbeats; forget long-gone workers."""
+    with Session(engine) as session:
+        lost = mark_lost_runs(session=session, timeout_s=settings.HEARTBEAT_TIMEOUT_S)
+        prune_worker_heartbeats(session=session,
+                                older_than_s=settings.HEARTBEAT_TIMEOUT_S * FORGET_WORKERS_AFTER_TIMEOUTS)
+    if lost:
+        logger.warning("watchdog: marked runs %s failed (worker lost)", lost)
+    return lost
+
+
+async def watchdog_loop(engine: Engine, settings: Settings) -> None:
+    while True:
+        try:
+            await anyio.to_thread.run_sync(run_watchdog_once, engine, settings)
+        except Exception:  # a database hiccup must not end the loop
+            logger.exception("watchdog pass failed")
+        await anyio.sleep(settings.WATCHDOG_INTERVAL_S)
+
+
+def _register_error_handlers(app: FastAPI) -> None:
+    def detail(status_code: int):  # type: ignore[no-untyped-def]
+        async def handler(_request: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse(status_code=status_code, content={"detail": str(exc)})
+        return handler
+
+    async def invalid_input(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, InvalidInput)
+        # Body errors get FastAPI's ["body", ...] locations; query checks (sort, ids) get ["query", ...].
+        prefix = ("body",) if request.method in ("POST", "PUT", "PATCH") else ("query",)
+        return await app.exception_handlers[RequestValidationError](
+            request, RequestValidationError(exc.as_fastapi_errors(prefix)))
+
+    app.add_exception_handler(InvalidInput, invalid_input)
+    app.add_exception_handler(NotFound, detail(404))
+    app.add_exception_handler(Conflict, detail(409))
+    app.add_exception_handler(Forbidden, detail(403))
+    app.add_exception_handler(BrokerUnavailable, detail(503))
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """An app bound to `settings` (default: get_settings()), with its own database engine."""
+    settings = settings or get_settings()
+    engine = create_db_engine(settings.DATABASE_URL, echo=settings.DB_ECHO)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(settings.ensure_dirs)
+        await anyio.to_thread.run_sync(init_db, engine)
+        watchdog = asyncio.create_task(watchdog_loop(engine, settings))
+        try:
+            yield
+        finally:
+            watchdog.cancel()
+            with suppress(asyncio.CancelledError):
+                await watchdog
+            engine.dispose()
+
+    app = FastAPI(
+        title="Trainboard",
+        description="Launch and inspect PyTorch CIFAR-10 trainings.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.dependency_overrides[get_settings] = lambda: settings
+    _register_error_handlers(app)
+    app.include_router(api_router, prefix="/api")
+    register_pages(app)  # pages, /static, HTML 404s outside /api
+    return app
+
+
+app = create_app()

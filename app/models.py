@@ -1,0 +1,353 @@
+"""Tables and API shapes, in the families of the full-stack FastAPI template.
+
+Run: RunBase (shared fields) → RunCreate (POST body), Run (table), RunPublic,
+RunsPublic, RunUpdate (PATCH body). MetricPoint, RunEvent and WorkerHeartbeat
+are tables the worker writes. The schema itself is defined by the Alembic
+migrations in app/migrations; a test checks that these classes match them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ConfigDict, field_validator, model_validator
+from sqlalchemy import JSON, Column, Float, ForeignKey, Index, Integer, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from app.core.dataclass_models import model_from_dataclass
+from app.core.types import BigId, UTCDateTime
+from ml.config import DatasetSpec, TrainConfig
+
+MAX_TAGS = 32
+MAX_TAG_LENGTH = 64
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled})
+
+# Request models generated from ml/config.py, so the constraints have one source.
+HyperparametersIn = model_from_dataclass(
+    TrainConfig, "HyperparametersIn", all_optional=True,
+    description="Training options; each one left out takes the model's preset, then TrainConfig's default.",
+)
+DatasetIn = model_from_dataclass(DatasetSpec, "DatasetIn", description="Which data to train on.")
+
+
+def _clean_tags(tags: list[str] | None) -> list[str] | None:
+    """Stripped, non-empty, de-duplicated tags in their given order."""
+    if tags is None:
+        return None
+    cleaned = list(dict.fromkeys(tag.strip() for tag in tags if tag.strip()))
+    if len(cleaned) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} tags")
+    too_long = [tag for tag in cleaned if len(tag) > MAX_TAG_LENGTH]
+    if too_long:
+        raise ValueError(f"tags are at most {MAX_TAG_LENGTH} characters: {too_long[0][:20]}…")
+    return cleaned
+
+
+# ----------------------------------------------------------------------- runs ---
+
+class RunBase(SQLModel):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    tags: list[str] = Field(default_factory=list, sa_type=JSON, nullable=False)
+    notes: str = Field(default="", max_length=20_000, sa_type=Text, nullable=False)
+
+    @field_validator("tags")
+    @classmethod
+    def _validate_tags(cls, tags: list[str]) -> list[str]:
+        return _clean_tags(tags) or []
+
+
+class RunCreate(RunBase):
+    """POST /api/runs: what to train. Hyperparameters left out take the model's preset."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    model: str = Field(description="A registered model name (GET /api/models)")
+    dataset: DatasetIn = Field(default_factory=DatasetIn)  # type: ignore[valid-type]
+    hyperparameters: HyperparametersIn = Field(default_factory=HyperparametersIn)  # type: ignore[valid-type]
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from ml.config import ConfigError
+        from ml.models import get_spec
+
+        try:
+            get_spec(name)
+        except ConfigError as err:
+            raise ValueError(err.errors["model"]) from None
+        return name
+
+
+class Run(RunBase, table=True):
+    __tablename__ = "run"
+    __table_args__ = (
+        Index("ix_run_best_val_acc", "best_val_acc"),
+        Index("ix_run_test_acc", "test_acc"),
+        Index("ix_run_duration_s", "duration_s"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, index=True)
+    model: str = Field(max_length=64, index=True)
+    dataset: dict[str, Any] = Field(default_factory=dict, sa_type=JSON, nullable=False)
+    # Fully resolved: TrainConfig defaults ← the model's preset ← the request's overrides.
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, sa_type=JSON, nullable=False)
+    parameters: int = Field(default=0)
+    status: str = Field(default=RunStatus.queued, max_length=16, index=True)
+
+    created_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    heartbeat_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    duration_s: float | None = None  # finished_at - started_at, kept for sorting
+    worker_host: str | None = Field(default=None, max_length=255)
+    cancel_requested: bool = False
+
+    epoch: float = 0.0
+    step: int = 0
+    total_steps: int | None = None
+    images_per_s: float | None = None
+
+    best_metrics: dict[str, Any] = Field(default_factory=dict, sa_type=JSON, nullable=False)
+    final_metrics: dict[str, Any] = Field(default_factory=dict, sa_type=JSON, nullable=False)
+    # Copies of best_metrics["val/acc"] and final_metrics["test/acc"], indexed for sorting.
+    best_val_acc: float | None = None
+    test_acc: float | None = None
+    error: str | None = Field(default=None, sa_type=Text)
+
+    cloned_from: int | None = Field(default=None, foreign_key="run.id", ondelete="SET NULL")
+    checkpoint_path: str | None = Field(default=None, sa_type=Text)
+    resumed_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+
+
+class RunPublic(RunBase):
+    id: int
+    name: str
+    model: str
+    dataset: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    parameters: int
+    status: RunStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    duration_s: float | None
+    worker_host: str | None
+    cancel_requested: bool
+    epoch: float
+    step: int
+    total_steps: int | None
+    images_per_s: float | None
+    best_metrics: dict[str, Any]
+    final_metrics: dict[str, Any]
+    error: str | None
+    cloned_from: int | None
+    checkpoint_path: str | None
+    resumed_count: int
+
+
+class RunsPublic(SQLModel):
+    data: list[RunPublic]
+    count: int
+
+
+class RunUpdate(SQLModel):
+    """PATCH /api/runs/{id}: only the descriptive fields can change."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    tags: list[str] | None = None
+    notes: str | None = Field(default=None, max_length=20_000)
+
+    @field_validator("tags")
+    @classmethod
+    def _validate_tags(cls, tags: list[str] | None) -> list[str] | None:
+        return _clean_tags(tags)
+
+
+class RunClone(SQLModel):
+    """POST /api/runs/{id}/clone: overrides merged into the original run's settings.
+
+    hyperparameters and dataset are merged key by key. With a different model,
+    the hyperparameters restart from that model's preset (plus the overrides given).
+    """
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    model: str | None = None
+    dataset: dict[str, Any] | None = None
+    hyperparameters: dict[str, Any] | None = None
+    tags: list[str] | None = None
+    notes: str | None = Field(default=None, max_length=20_000)
+
+
+class SweepCreate(SQLModel):
+    """POST /api/sweeps: one run per combination of the grid's values."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    base: RunCreate | None = None
+    base_run_id: int | None = None
+    grid: dict[str, list[Any]] = Field(description='Hyperparameter name → values, e.g. {"lr": [0.1, 0.05]}')
+
+    @model_validator(mode="after")
+    def _one_base(self) -> SweepCreate:
+        if (self.base is None) == (self.base_run_id is None):
+            raise ValueError("give exactly one of base and base_run_id")
+        return self
+
+
+# -------------------------------------------------------------------- metrics ---
+
+class MetricPoint(SQLModel, table=True):
+    """One value of one metric. name is "<split>/<metric>", e.g. "val/acc" (accuracy as a fraction)."""
+
+    __tablename__ = "metric_point"
+    __table_args__ = (
+        # The chart query: one run's series by name, in step order.
+        Index("ix_metric_point_run_split_name_step", "run_id", "split", "name", "step"),
+        # The live stream's query: one run's points after the last id sent.
+        Index("ix_metric_point_run_id_id", "run_id", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
+    run_id: int = Field(sa_column=Column(Integer, ForeignKey("run.id", ondelete="CASCADE"), nullable=False))
+    step: int
+    epoch: float
+    split: str = Field(max_length=32)
+    name: str = Field(max_length=128)
+    # NULL for NaN and infinities: JSON has no such numbers, and SQLite stores NaN as NULL anyway.
+    value: float | None = Field(default=None, sa_type=Float)
+    time: float = Field(description="Seconds since the run started")
+
+
+class MetricSeries(SQLModel):
+    name: str
+    step: list[int]
+    epoch: list[float]
+    time: list[float]
+    value: list[float | None]
+    downsampled: bool = False
+    total_points: int = 0
+
+
+class MetricsPublic(SQLModel):
+    run_id: int
+    series: list[MetricSeries]
+
+
+# --------------------------------------------------------------------- events ---
+
+class RunEventKind(StrEnum):
+    queued = "queued"
+    started = "started"
+    resumed = "resumed"
+    cancel_requested = "cancel_requested"
+    cancelled = "cancelled"
+    succeeded = "succeeded"
+    failed = "failed"
+    worker_lost = "worker_lost"
+    checkpoint = "checkpoint"
+    metrics_truncated = "metrics_truncated"
+    info = "info"
+
+
+class RunEventBase(SQLModel):
+    time: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    kind: str = Field(max_length=32)
+    message: str = Field(default="", sa_type=Text, nullable=False)
+
+
+class RunEvent(RunEventBase, table=True):
+    """One entry of a run's history ("queued", "started on host X", "worker lost", …)."""
+
+    __tablename__ = "run_event"
+    __table_args__ = (Index("ix_run_event_run_id_id", "run_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(sa_column=Column(Integer, ForeignKey("run.id", ondelete="CASCADE"), nullable=False))
+
+
+class RunEventPublic(RunEventBase):
+    id: int
+    run_id: int
+
+
+# -------------------------------------------------------------------- workers ---
+
+class WorkerHeartbeat(SQLModel, table=True):
+    """A worker process that is alive, whatever the broker (counted by /api/health)."""
+
+    __tablename__ = "worker_heartbeat"
+    __table_args__ = (UniqueConstraint("hostname", "pid", name="uq_worker_heartbeat_hostname_pid"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    hostname: str = Field(max_length=255)
+    pid: int
+    last_seen: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+
+
+# ---------------------------------------------------------------- other shapes ---
+
+class HealthPublic(SQLModel):
+    status: str = Field(description='"ok", or "degraded" when the database is down')
+    database: str = Field(description='"ok" or "down"')
+    broker: str = Field(description='"ok" or "down"')
+    workers: int = Field(description="Workers with a heartbeat within HEARTBEAT_TIMEOUT_S")
+
+
+class ModelInfo(SQLModel):
+    name: str
+    title: str
+    description: str
+    parameters: int
+    trainable_parameters: int
+    defaults: dict[str, Any] = Field(description="Every hyperparameter's preset value for this model")
+
+
+class LayerRow(SQLModel):
+    name: str
+    type: str
+    shape: str
+    weights: int
+    biases: int
+    parameters: int
+    trainable: bool
+    formula: str
+
+
+class CompareRow(SQLModel):
+    id: int
+    name: str
+    model: str
+    status: RunStatus
+    parameters: int
+    duration_s: float | None
+    hyperparameters: dict[str, Any]
+    final_metrics: dict[str, Any]
+    best_metrics: dict[str, Any]
+
+
+class ComparePublic(SQLModel):
+    runs: list[CompareRow]
+    differing: list[str] = Field(description="Hyperparameters whose values differ between the runs")
+    metric_names: list[str]
+
+
+class Message(SQLModel):
+    message: str

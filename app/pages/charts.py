@@ -1,0 +1,214 @@
+"""Plotly figures built on the server (plotly.graph_objects) and embedded in the pages as JSON.
+
+The browser only draws them (static/charts.js) and extends them in place from
+the live stream. Colours that depend on the light/dark theme are left to the
+browser: the figures here have transparent backgrounds and no template.
+
+Plotly renders trace names and hover text as a small subset of HTML, so user
+text (run names) is HTML-escaped before it goes into a figure.
+
+Each trace's style and the layout are built and validated with graph_objects;
+the data arrays (already clean: read_metrics turns NaN into null) are attached
+afterwards as plain lists. Letting plotly validate and deep-copy thousands of
+values one by one made a 10-run comparison take seconds instead of ~100 ms.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import plotly.graph_objects as go
+
+# Above this many points a series is drawn with WebGL (scattergl): SVG gets slow past a few thousand.
+SCATTERGL_THRESHOLD = 3000
+# Up to this many points a series gets markers too (evaluations: a handful per epoch).
+MARKERS_UP_TO = 60
+SPLIT_COLOURS = {"train": "#4c78a8", "val": "#f58518", "test": "#54a24b"}
+OTHER_COLOUR = "#b279a2"
+RUN_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6",
+               "#9d755d", "#bab0ac")
+X_AXES = {"epoch": "epoch", "step": "step", "time": "wall time (s)"}
+
+
+@dataclass(frozen=True)
+class ChartSpec:
+    """One live chart of the run page: which series it shows, and how values are scaled."""
+
+    key: str
+    title: str
+    y_title: str
+    suffix: str  # series whose name ends with this ("/loss", "/acc", "/lr") belong here
+    scale: float = 1.0  # accuracy is stored as a fraction and shown in %
+
+
+RUN_CHARTS = (
+    ChartSpec("loss", "Loss", "cross-entropy loss", "/loss"),
+    ChartSpec("acc", "Accuracy", "accuracy (%)", "/acc", scale=100.0),
+    ChartSpec("lr", "Learning rate", "learning rate", "/lr"),
+)
+
+
+def plotly_text(text: str) -> str:
+    """User text safe for Plotly's pseudo-HTML labels (shown literally)."""
+    return html.escape(text, quote=True)
+
+
+def is_accuracy(metric: str) -> bool:
+    return metric.endswith("/acc")
+
+
+def metric_label(metric: str) -> str:
+    """"val/acc" → "val accuracy (%)"."""
+    split, _, name = metric.partition("/")
+    words = {"acc": "accuracy (%)", "loss": "loss", "lr": "learning rate", "images_per_s": "images/s"}
+    return f"{split} {words.get(name, name)}" if name else metric
+
+
+def _scaled(values: Sequence[float | None], scale: float) -> list[float | None]:
+    if scale == 1.0:
+        return list(values)
+    return [None if v is None else v * scale for v in values]
+
+
+def _base_layout(title: str, y_title: str, x_title: str = "epoch", height: int = 320) -> dict[str, Any]:
+    return {
+        "template": "none",
+        "title": {"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}},
+        "height": height,
+        "margin": {"l": 64, "r": 16, "t": 44, "b": 48},
+        "paper_bgcolor": "rgba(0,0,0,0)",
+        "plot_bgcolor": "rgba(0,0,0,0)",
+        "font": {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12},
+        "hovermode": "x unified",
+        "legend": {"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom"},
+        "xaxis": {"title": {"text": x_title}, "zeroline": False, "showgrid": True},
+        "yaxis": {"title": {"text": y_title}, "zeroline": False, "showgrid": True},
+    }
+
+
+def _line_trace(*, name: str, x: Sequence[float], y: Sequence[float | None], colour: str,
+                total_points: int, meta: dict[str, Any], hover: str, **extra: Any) -> dict[str, Any]:
+    """A line trace as a dict: style validated by graph_objects, data arrays attached as they are."""
+    trace_type = go.Scattergl if total_points > SCATTERGL_THRESHOLD else go.Scatter
+    style = trace_type(
+        name=name, mode="lines+markers" if total_points <= MARKERS_UP_TO else "lines",
+        line={"color": colour, "width": 2}, marker={"size": 5, "color": colour},
+        hovertemplate=hover, connectgaps=False, **extra,
+    ).to_plotly_json()
+    return {**style, "x": list(x), "y": list(y), "meta": meta}
+
+
+def figure_json(traces: list[dict[str, Any]], layout: dict[str, Any]) -> str:
+    """{"data", "layout"} as JSON for Plotly.newPlot; the layout goes through go.Layout's validation."""
+    figure = {"data": traces, "layout": go.Layout(layout).to_plotly_json()}
+    return json.dumps(figure, separators=(",", ":"), allow_nan=False)
+
+
+# ------------------------------------------------------------ one run's charts ---
+
+def run_figures(series: list[dict[str, Any]]) -> dict[str, str]:
+    """The run page's live charts (the study's figures 1.1 and 1.2, plus the learning rate), x = epoch.
+
+    `series` is what read_metrics returns; the result maps each RUN_CHARTS key to
+    figure JSON. Every chart exists even without data, so the live stream has
+    something to extend.
+    """
+    figures = {}
+    for spec in RUN_CHARTS:
+        traces = [
+            _line_trace(
+                name=s["name"], x=s["epoch"], y=_scaled(s["value"], spec.scale),
+                colour=SPLIT_COLOURS.get(s["name"].split("/", 1)[0], OTHER_COLOUR),
+                total_points=max(s.get("total_points", 0), len(s["step"])),
+                # last_step: the live stream may resend points the page already has; the JS drops those.
+                meta={"metric": s["name"], "last_step": s["step"][-1] if s["step"] else -1},
+                hover="%{y:.2f} %" if spec.scale == 100.0 else "%{y:.4g}",
+            )
+            for s in series if s["name"].endswith(spec.suffix)
+        ]
+        layout = _base_layout(spec.title, spec.y_title)
+        if spec.key == "lr":
+            layout["yaxis"]["exponentformat"] = "e"
+        if not traces:
+            _mark_empty(layout)
+        figures[spec.key] = figure_json(traces, layout)
+    return figures
+
+
+def _mark_empty(layout: dict[str, Any]) -> None:
+    """No axes, a note instead (static/run_detail.js restores the axes when the first points arrive)."""
+    layout["xaxis"]["visible"] = False
+    layout["yaxis"]["visible"] = False
+    layout["annotations"] = [{"text": "No data yet", "showarrow": False, "xref": "paper", "yref": "paper",
+                              "x": 0.5, "y": 0.5, "font": {"size": 14}}]
+
+
+# ----------------------------------------------------------------- comparison ---
+
+def run_label(run_id: int, name: str) -> str:
+    return plotly_text(f"#{run_id} {name}")
+
+
+def compare_curves_figure(runs: Sequence[Any], series_by_run: dict[int, list[dict[str, Any]]],
+                          metric: str) -> str:
+    """Every run's every series as one trace (the study's figure 3.3 for any metric), x = epoch.
+
+    Only `metric`'s traces start visible; the page switches metric, x axis (step,
+    epoch or wall time, kept in each trace's meta) and EMA smoothing in the browser.
+    """
+    traces = []
+    for index, run in enumerate(runs):
+        colour = RUN_COLOURS[index % len(RUN_COLOURS)]
+        for s in series_by_run.get(run.id, []):
+            scale = 100.0 if is_accuracy(s["name"]) else 1.0
+            traces.append(_line_trace(
+                name=run_label(run.id, run.name), x=s["epoch"], y=_scaled(s["value"], scale), colour=colour,
+                total_points=len(s["step"]) * len(runs),  # many runs' points together: WebGL sooner
+                meta={"run_id": run.id, "metric": s["name"], "scale": scale, "step": s["step"], "time": s["time"]},
+                hover="%{y:.2f} %" if scale == 100.0 else "%{y:.4g}",
+                visible=s["name"] == metric, legendgroup=str(run.id),
+            ))
+    layout = _base_layout(metric_label(metric), metric_label(metric), height=420)
+    layout["hovermode"] = "closest"
+    return figure_json(traces, layout)
+
+
+def _dimension(label: str, values: list[Any]) -> dict[str, Any]:
+    """A parcoords axis: numbers as they are; anything else as categories with tick labels."""
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return {"label": label, "values": values}
+    categories = sorted({_category(v) for v in values})
+    return {"label": label, "values": [categories.index(_category(v)) for v in values],
+            "tickvals": list(range(len(categories))), "ticktext": [plotly_text(c) for c in categories]}
+
+
+def _category(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "–" if value is None else str(value)
+
+
+def parcoords_figure(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> str | None:
+    """Hyperparameters (`keys`) against final validation accuracy, one line per run with one.
+
+    rows: {"settings": {key: value}, "val_acc": fraction or None}. None with fewer than two such runs.
+    """
+    usable = [row for row in rows if row["val_acc"] is not None]
+    if len(usable) < 2:
+        return None
+    accuracy = [row["val_acc"] * 100 for row in usable]
+    dimensions = [_dimension(key, [row["settings"].get(key) for row in usable]) for key in keys]
+    dimensions.append({"label": "val accuracy (%)", "values": accuracy, "tickformat": ".1f"})
+    figure = go.Parcoords(
+        dimensions=dimensions,
+        line={"color": accuracy, "colorscale": "Viridis", "showscale": True,
+              "colorbar": {"title": {"text": "val acc %"}}},
+    )
+    layout = _base_layout("", "", height=380)  # the page's heading names it
+    layout["margin"] = {"l": 72, "r": 72, "t": 48, "b": 32}
+    return go.Figure(data=[figure], layout=layout).to_json()  # one small trace: plotly validates it all

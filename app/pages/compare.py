@@ -1,0 +1,159 @@
+"""The comparison page (/compare?ids=1,2,3) and its CSV/JSON exports.
+
+The table is the study's: final train/val loss, train/val/test accuracy per
+run, plus the settings that differ between the runs. The curves overlay any
+metric of every run (the study's figure 3.3); static/compare.js switches the
+metric, the x axis and the EMA smoothing in the browser.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, Response
+from sqlmodel import Session
+
+from app.api.deps import SessionDep
+from app.models import Run
+from app.pages import charts
+from app.pages.runs import not_found
+from app.pages.templating import render
+from app.services import runs
+from app.services.errors import InvalidInput, NotFound
+
+router = APIRouter(tags=["pages"], include_in_schema=False)
+
+TABLE_METRICS = ("train/loss", "val/loss", "train/acc", "val/acc", "test/acc")
+DEFAULT_METRICS = ("val/acc", "val/loss", "train/loss")
+# Per series and run: with 10 runs and ~8 series each, the page stays around a megabyte.
+COMPARE_MAX_POINTS = 600
+PARCOORDS_FALLBACK_KEYS = ("lr", "batch_size", "epochs")
+MAX_PARCOORDS_DIMENSIONS = 12
+
+
+def parse_ids(raw_values: list[str]) -> list[int]:
+    """"1,2,3" (or ids=1&ids=2) → [1, 2, 3]; a non-number is a 400."""
+    try:
+        ids = [int(part) for raw in raw_values for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST,
+                            "ids must be run ids separated by commas, e.g. 1,2,3") from None
+    return list(dict.fromkeys(ids))
+
+
+def setting_of(run: Run, key: str) -> Any:
+    """A value by the keys compare_runs uses: "model", "dataset.<key>" or a hyperparameter."""
+    if key == "model":
+        return run.model
+    if key.startswith("dataset."):
+        return run.dataset.get(key.removeprefix("dataset."))
+    return run.hyperparameters.get(key)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    runs: list[Run]
+    differing: list[str]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat row per run: identity, final metrics, then the differing settings (for exports)."""
+        return [{
+            "id": run.id, "name": run.name, "model": run.model, "status": run.status,
+            **{metric: run.final_metrics.get(metric) for metric in TABLE_METRICS},
+            **{key: setting_of(run, key) for key in self.differing if key != "model"},
+        } for run in self.runs]
+
+
+def load_comparison(session: Session, ids: list[int]) -> Comparison:
+    try:
+        result = runs.compare_runs(session=session, run_ids=ids)
+    except NotFound as err:
+        raise not_found(str(err)) from None
+    except InvalidInput as err:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "; ".join(message for _, message in err.errors)) from None
+    return Comparison(runs=result["runs"], differing=result["differing"])
+
+
+def _default_metric(names: list[str]) -> str:
+    return next((name for name in DEFAULT_METRICS if name in names), names[0] if names else "val/acc")
+
+
+def compare_page_context(session: Session, comparison: Comparison) -> dict[str, Any]:
+    # read_metrics commits, which would expire the loaded runs and reload each one on next use.
+    for run in comparison.runs:
+        session.expunge(run)
+    series_by_run = {run.id: runs.read_metrics(session=session, run_id=run.id, max_points=COMPARE_MAX_POINTS)
+                     for run in comparison.runs}
+    metric_names = sorted({s["name"] for series in series_by_run.values() for s in series})
+    metric = _default_metric(metric_names)
+    keys = [key for key in comparison.differing if key != "model_options"] or list(PARCOORDS_FALLBACK_KEYS)
+    parcoords = charts.parcoords_figure(
+        [{"settings": {key: setting_of(run, key) for key in keys}, "val_acc": run.final_metrics.get("val/acc")}
+         for run in comparison.runs],
+        keys[:MAX_PARCOORDS_DIMENSIONS],
+    )
+    return {
+        "comparison": comparison,
+        "table_metrics": TABLE_METRICS,
+        "setting_of": setting_of,
+        "metric_names": metric_names,
+        "metric": metric,
+        "metric_label": charts.metric_label,
+        "curves_json": charts.compare_curves_figure(comparison.runs, series_by_run, metric),
+        "parcoords_json": parcoords,
+        "colours": {run.id: charts.RUN_COLOURS[i % len(charts.RUN_COLOURS)] for i, run in enumerate(comparison.runs)},
+        "ids_param": ",".join(str(run.id) for run in comparison.runs),
+    }
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare_page(request: Request, session: SessionDep) -> HTMLResponse:
+    ids = parse_ids(request.query_params.getlist("ids"))
+    if not ids:
+        return render(request, "compare.html", {"comparison": None}, active="compare")
+    comparison = load_comparison(session, ids)
+    return render(request, "compare.html", compare_page_context(session, comparison), active="compare")
+
+
+# -------------------------------------------------------------------- exports ---
+
+def _csv_cell(value: Any) -> Any:
+    """Lists and objects as JSON; text that a spreadsheet would run as a formula gets a leading '."""
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value)
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def comparison_csv(comparison: Comparison) -> str:
+    rows = comparison.rows()
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["id"], lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _csv_cell(value) for key, value in row.items()})
+    return out.getvalue()
+
+
+def _download(content: str, media_type: str, filename: str) -> Response:
+    return Response(content, media_type=media_type,
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@router.get("/compare/export.csv")
+def compare_csv(request: Request, session: SessionDep) -> Response:
+    comparison = load_comparison(session, parse_ids(request.query_params.getlist("ids")))
+    return _download(comparison_csv(comparison), "text/csv; charset=utf-8", "trainboard-comparison.csv")
+
+
+@router.get("/compare/export.json")
+def compare_json(request: Request, session: SessionDep) -> Response:
+    comparison = load_comparison(session, parse_ids(request.query_params.getlist("ids")))
+    body = json.dumps({"runs": comparison.rows(), "differing": comparison.differing}, indent=2, default=str)
+    return _download(body, "application/json", "trainboard-comparison.json")

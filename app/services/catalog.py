@@ -1,0 +1,78 @@
+"""The model catalogue: presets, parameter counts and layer tables from ml.models.
+
+Counting parameters means building the model, which for resnet18 takes a
+noticeable fraction of a second, so results are cached per (model, options).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import lru_cache
+from typing import Any
+
+from app.services.errors import NotFound
+
+
+def _spec(name: str) -> Any:
+    from ml.config import ConfigError
+    from ml.models import get_spec
+
+    try:
+        return get_spec(name)
+    except ConfigError as err:
+        raise NotFound(err.errors["model"]) from None
+
+
+def _options_key(options: dict[str, Any] | None) -> str:
+    return json.dumps(options or {}, sort_keys=True)
+
+
+@lru_cache(maxsize=256)
+def _build_counts(name: str, options_key: str) -> tuple[int, int]:
+    from ml.models import build_model, count_parameters
+
+    # No ImageNet weights needed to count; upsampling does not change the counts either.
+    model = build_model(name, json.loads(options_key), pretrained=False)
+    return count_parameters(model), count_parameters(model, trainable_only=True)
+
+
+def parameter_counts(name: str, options: dict[str, Any] | None = None) -> tuple[int, int]:
+    """(all, trainable) parameter counts of model `name` built with `options`."""
+    _spec(name)
+    return _build_counts(name, _options_key(options))
+
+
+@lru_cache(maxsize=64)
+def _build_layers(name: str, options_key: str) -> tuple[dict[str, Any], ...]:
+    from ml.models import build_model
+    from ml.visualize import layer_table  # written separately; imported only when needed
+
+    return tuple(layer_table(build_model(name, json.loads(options_key), pretrained=False)))
+
+
+def model_layers(name: str, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The per-layer parameter table of model `name` (404 with the valid names when unknown)."""
+    _spec(name)
+    return [dict(row) for row in _build_layers(name, _options_key(options))]
+
+
+def preset_hyperparameters(name: str) -> dict[str, Any]:
+    """Every TrainConfig option as model `name` starts with: TrainConfig defaults ← the preset."""
+    from ml.config import TrainConfig
+
+    return {**dataclasses.asdict(TrainConfig()), **_spec(name).defaults}
+
+
+def list_models() -> list[dict[str, Any]]:
+    from ml.models import MODELS
+
+    models = []
+    for name, spec in MODELS.items():
+        total, trainable = parameter_counts(name)
+        models.append({
+            "name": name, "title": spec.title, "description": spec.description,
+            "parameters": total, "trainable_parameters": trainable,
+            "defaults": preset_hyperparameters(name),
+        })
+    return models

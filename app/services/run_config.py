@@ -1,0 +1,111 @@
+"""Turn a RunCreate into what a run row stores: resolved hyperparameters, dataset, parameter count.
+
+Pydantic already checked each field against ml/config.py's metadata. What is
+left needs more than one field or the file system: the TrainConfig cross-field
+rules (e.g. nesterov), the model options (validated by building the model, which
+also gives the parameter count), and an imagefolder path that must exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.core.config import Settings
+from app.models import RunCreate
+from app.services import catalog
+from app.services.errors import InvalidInput, Loc
+
+
+@dataclass
+class ResolvedRun:
+    model: str
+    dataset: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    parameters: int
+
+
+def resolve_run_config(run_in: RunCreate, *, settings: Settings, loc: Loc = ()) -> ResolvedRun:
+    """Merge preset and overrides and check what pydantic cannot; InvalidInput lists every problem.
+
+    loc prefixes the error locations (e.g. ("base",) inside a sweep).
+    """
+    errors: list[tuple[Loc, str]] = []
+    hyperparameters = _resolve_hyperparameters(run_in, errors, loc)
+    dataset = _resolve_dataset(run_in, settings, errors, loc)
+    parameters = 0
+    if not any(err_loc[len(loc):][:2] == ("hyperparameters", "model_options") for err_loc, _ in errors):
+        parameters = _count_parameters(run_in.model, hyperparameters.get("model_options") or {}, errors, loc)
+    if errors:
+        raise InvalidInput(errors)
+    return ResolvedRun(run_in.model, dataset, hyperparameters, parameters)
+
+
+def _resolve_hyperparameters(run_in: RunCreate, errors: list[tuple[Loc, str]], loc: Loc) -> dict[str, Any]:
+    from ml.config import TrainConfig, field_errors
+
+    overrides = run_in.hyperparameters.model_dump(exclude_none=True)
+    merged = {**catalog.preset_hyperparameters(run_in.model), **overrides}
+    for name, message in field_errors(TrainConfig(**merged)).items():
+        errors.append(((*loc, "hyperparameters", name), message))
+    return merged
+
+
+def _count_parameters(model: str, options: dict[str, Any], errors: list[tuple[Loc, str]], loc: Loc) -> int:
+    """Build the model to count its parameters; bad model_options become field errors."""
+    from ml.config import ConfigError
+
+    where = (*loc, "hyperparameters", "model_options")
+    try:
+        return catalog.parameter_counts(model, options)[0]
+    except ConfigError as err:
+        errors.extend(((*where, key), message) for key, message in err.errors.items())
+    except (TypeError, ValueError) as err:  # e.g. a string where a number belongs
+        errors.append((where, f"invalid model options: {err}"))
+    return 0
+
+
+def _resolve_dataset(run_in: RunCreate, settings: Settings, errors: list[tuple[Loc, str]],
+                     loc: Loc) -> dict[str, Any]:
+    from ml.config import DatasetSpec, field_errors
+
+    dataset = run_in.dataset.model_dump()
+    for name, message in field_errors(DatasetSpec(**dataset)).items():
+        errors.append(((*loc, "dataset", name), message))
+    if dataset["kind"] == "imagefolder" and dataset.get("path"):
+        root = resolve_dataset_path(dataset["path"], settings)
+        problem = _imagefolder_problem(root)
+        if problem:
+            errors.append(((*loc, "dataset", "path"), problem))
+        dataset["path"] = str(root)
+    return dataset
+
+
+def resolve_dataset_path(path: str, settings: Settings) -> Path:
+    """An absolute dataset path; relative ones are taken inside DATASETS_DIR."""
+    candidate = Path(path).expanduser()
+    return (candidate if candidate.is_absolute() else settings.DATASETS_DIR / candidate).resolve()
+
+
+def _imagefolder_problem(root: Path) -> str | None:
+    if not root.exists():
+        return f"path does not exist: {root}"
+    if not root.is_dir():
+        return f"not a directory: {root}"
+    missing = [name for name in ("train", "test") if not (root / name).is_dir()]
+    if missing:
+        return f"an imagefolder dataset needs {' and '.join(f'{m}/' for m in missing)} inside {root}"
+    return None
+
+
+def run_request_of(run: Any) -> dict[str, Any]:
+    """The RunCreate body that reproduces an existing run (for clones and sweeps over a run)."""
+    return {
+        "model": run.model,
+        "dataset": dict(run.dataset),
+        "hyperparameters": dict(run.hyperparameters),
+        "tags": list(run.tags),
+        "notes": run.notes,
+    }
+

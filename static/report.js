@@ -1,0 +1,110 @@
+// /report: draws the embedded figures, launches missing presets, and (on the server's page only)
+// loads the showcase run's visualisations from /api/runs/{id}/visualize/*. The downloaded file
+// has everything inline, so there this script only draws.
+"use strict";
+
+(function () {
+  const config = TB.readJsonBlock("report-data") || {};
+  const $ = (id) => document.getElementById(id);
+
+  function drawEmbeddedFigures() {
+    document.querySelectorAll(".chart[data-figure]").forEach((container) => TBCharts.draw(container));
+  }
+
+  // ------------------------------------------------------------ launch ---
+  // The study's preset on CIFAR-10 with the preset's own hyperparameters.
+  async function launch(button) {
+    const messages = $("report-messages");
+    button.disabled = true;
+    const result = await TB.api("POST", "/api/runs", { model: button.dataset.launch, dataset: { kind: "cifar10" } });
+    if (!result.ok) {
+      TB.showMessage(messages, "error", result.errors);
+      button.disabled = false;
+      return;
+    }
+    const run = result.data;
+    const note = document.createElement("p");
+    const link = document.createElement("a");
+    link.href = "/runs/" + run.id;
+    link.textContent = "#" + run.id + " " + run.name;
+    note.append("Queued ", link, ". It appears here once it has succeeded.");
+    button.replaceWith(note);
+  }
+
+  // ------------------------------------------------- visualisations ---
+  function frameState(el, state, message) {
+    const frame = el.closest(".viz-frame");
+    frame.dataset.state = state;
+    frame.querySelectorAll("img").forEach((img) => { img.hidden = state !== "ready"; });
+    if (state === "error") {
+      const note = document.createElement("p");
+      note.className = "viz-error";
+      note.textContent = message;
+      frame.appendChild(note);
+    }
+  }
+
+  function showImage(img, src) {
+    img.onload = () => frameState(img, "ready");
+    img.onerror = () => frameState(img, "error", "The image could not be loaded.");
+    img.src = src;
+  }
+
+  function drawFigure(container, figure) {
+    const block = document.createElement("script");
+    block.type = "application/json";
+    block.id = container.id + "-figure";
+    block.textContent = JSON.stringify(figure);
+    container.after(block);
+    container.dataset.figure = block.id;
+    TBCharts.draw(container);
+  }
+
+  async function loadActivations(api) {
+    const ids = ["report-input", "report-first", "report-last"];
+    const info = await TB.api("GET", api);
+    const failed = (errors) => ids.forEach((id) => frameState($(id), "error", errors.join(" ")));
+    if (!info.ok) { failed(info.errors); return; }
+    const className = info.data.classes[info.data.test_images_per_class.findIndex((n) => n > 0)];
+    const query = new URLSearchParams({ class_name: className, index: "0" });
+    const result = await TB.api("GET", api + "/activations?" + query);
+    if (!result.ok) { failed(result.errors); return; }
+    const maps = result.data;
+    showImage($("report-input"), maps.input);
+    showImage($("report-first"), maps.first.image);
+    showImage($("report-last"), maps.last.image);
+    $("report-input-caption").textContent = maps.class_name + " #0, predicted " + maps.predicted;
+    $("report-first-caption").textContent = maps.first.layer;
+    $("report-last-caption").textContent = maps.last.layer;
+  }
+
+  async function loadConfusion(api) {
+    const result = await TB.api("GET", api + "/confusion");
+    ["report-heatmap", "report-per_class_bar"].forEach((id) => {
+      if (!result.ok) { frameState($(id), "error", result.errors.join(" ")); return; }
+      frameState($(id), "ready");
+      drawFigure($(id), id === "report-heatmap" ? result.data.heatmap : result.data.per_class_bar);
+    });
+  }
+
+  async function loadVisuals(runId) {
+    const api = "/api/runs/" + runId + "/visualize";
+    // <img> cannot show the API's error message, so the filters go through fetch too.
+    const filters = fetch(api + "/filters.png", { credentials: "same-origin" }).then(async (response) => {
+      if (response.ok) showImage($("report-filters"), URL.createObjectURL(await response.blob()));
+      else frameState($("report-filters"), "error", "The filters could not be computed (" + response.status + ").");
+    }).catch(() => frameState($("report-filters"), "error", "The server could not be reached."));
+    await Promise.all([filters, loadActivations(api), loadConfusion(api)]);
+  }
+
+  async function start() {
+    drawEmbeddedFigures();
+    document.querySelectorAll("button[data-launch]").forEach((button) => {
+      button.addEventListener("click", () => launch(button));
+    });
+    if (!config.standalone && config.visuals_run_id) await loadVisuals(config.visuals_run_id);
+    window.__reportReady = true; // for the browser test
+  }
+
+  start();
+})();

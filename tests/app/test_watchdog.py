@@ -1,0 +1,36 @@
+"""The app's background watchdog fails runs whose worker went silent."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from app.core.db import utcnow
+from app.main import run_watchdog_once
+from app.models import Run, RunStatus
+
+
+def test_watchdog_loop_fails_stale_runs_with_event(client_factory: Callable[..., TestClient],
+                                                   make_run: Callable[..., Run]) -> None:
+    old = utcnow() - timedelta(minutes=10)
+    stale = make_run(status=RunStatus.running, started_at=old, heartbeat_at=old).id
+    alive = make_run(status=RunStatus.running, started_at=old, heartbeat_at=utcnow() + timedelta(minutes=5)).id
+    client = client_factory(WATCHDOG_INTERVAL_S=0.05, HEARTBEAT_TIMEOUT_S=60)
+    deadline = time.monotonic() + 10
+    while client.get(f"/api/runs/{stale}").json()["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run = client.get(f"/api/runs/{stale}").json()
+    assert run["status"] == "failed" and run["error"].startswith("worker lost: no heartbeat for 600 s")
+    assert client.get(f"/api/runs/{stale}/history").json()[-1]["kind"] == "worker_lost"
+    assert client.get(f"/api/runs/{alive}").json()["status"] == "running"
+
+
+def test_run_watchdog_once_returns_lost_ids(client: TestClient, make_run: Callable[..., Run], settings: Any) -> None:
+    old = utcnow() - timedelta(minutes=10)
+    stale = make_run(status=RunStatus.running, started_at=old).id
+    assert run_watchdog_once(client.app.state.engine, settings) == [stale]
+    assert run_watchdog_once(client.app.state.engine, settings) == []

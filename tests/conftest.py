@@ -1,0 +1,194 @@
+"""Shared fixtures: database (SQLite and PostgreSQL), settings, engine, session, API client.
+
+Tests that take `database_url` (directly or through settings/engine/session/client)
+run twice: on SQLite (a real file in tmp_path) and on PostgreSQL (TEST_POSTGRES_URL).
+Each test gets a clean, migrated database:
+- SQLite: a copy of a template file migrated once per session;
+- PostgreSQL: a schema private to this pytest process, migrated once, with every
+  table truncated before each test.
+Without PostgreSQL or Redis those tests skip, except under CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+from sqlmodel import Session
+
+from app.core.config import Settings, get_settings
+from app.core.db import create_db_engine, get_engine, migrate
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TABLES = ("metric_point", "run_event", "worker_heartbeat", "run")
+
+
+def service_unavailable(service: str, error: object) -> None:
+    """Skip locally; under CI a missing service is a failure, never a silent skip."""
+    message = f"{service} is unreachable: {error}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{message} (CI=true: the service must be running)", pytrace=False)
+    pytest.skip(message)
+
+
+def postgres_url_with_schema(schema: str) -> str:
+    """POSTGRES_URL whose connections use `schema` (psycopg passes `options` to the server)."""
+    return make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+        hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "trainboard.db"
+    engine = create_db_engine(f"sqlite:///{path}")
+    migrate(engine)
+    engine.dispose()  # the last connection checkpoints the WAL into the file
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[tuple[str, Engine]]:
+    schema = f"trainboard_test_{os.getpid()}"
+    admin = create_db_engine(POSTGRES_URL)
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as err:  # noqa: BLE001  (connection refused, auth, missing database…)
+        admin.dispose()
+        service_unavailable(f"PostgreSQL at {POSTGRES_URL}", err)
+    url = postgres_url_with_schema(schema)
+    engine = create_db_engine(url)
+    migrate(engine)
+    yield url, engine
+    engine.dispose()
+    with admin.begin() as connection:
+        connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """TEST_REDIS_URL, flushed before the test (a database number reserved for tests: 15 by default)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.flushdb()
+    except redis.RedisError as err:
+        service_unavailable(f"Redis at {REDIS_URL}", err)
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A clean, migrated database for this test."""
+    if request.param == "sqlite":
+        target = tmp_path / "trainboard.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), target)
+        return f"sqlite:///{target}"
+    url, engine = request.getfixturevalue("postgres_database")
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    return url
+
+
+@pytest.fixture
+def empty_database_url(database_url: str, tmp_path: Path) -> Iterator[str]:
+    """A second database of the test's backend with no tables at all (for migration tests)."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    schema = f"trainboard_empty_{os.getpid()}"
+    admin = create_db_engine(POSTGRES_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    yield postgres_url_with_schema(schema)
+    with admin.begin() as connection:
+        connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Settings]]:
+    """make_settings(**overrides): fresh Settings from the environment, as the app reads them.
+
+    Defaults: DATA_DIR in tmp_path, the test's database, a filesystem:// broker in
+    DATA_DIR/broker, no API token, fast SSE polls, no watchdog passes during a test.
+    """
+    def make_settings(**overrides: Any) -> Settings:
+        for name in Settings.model_fields:
+            monkeypatch.delenv(name, raising=False)
+        env = {
+            "TRAINBOARD_ENV_FILE": "",  # a developer's .env must not leak into tests
+            "DATA_DIR": str(tmp_path / "data"),
+            "DATABASE_URL": database_url,
+            "SSE_POLL_INTERVAL_S": "0.05",
+            "WATCHDOG_INTERVAL_S": "3600",
+            **{key: str(value) for key, value in overrides.items()},
+        }
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+        return get_settings()
+
+    yield make_settings
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def settings(settings_factory: Callable[..., Settings]) -> Settings:
+    return settings_factory()
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    """The process-wide engine (app.core.db.get_engine) for this test's settings."""
+    get_engine.cache_clear()
+    engine = get_engine()
+    yield engine
+    engine.dispose()
+    get_engine.cache_clear()
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    with Session(engine) as session:
+        yield session
+
+
+@pytest.fixture
+def client_factory(settings_factory: Callable[..., Settings]) -> Iterator[Callable[..., Any]]:
+    """make_client(**setting_overrides): a started TestClient on an app with those settings."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.services.metrics import DEFAULT_METRICS_CACHE
+
+    clients: list[TestClient] = []
+
+    def make_client(**overrides: Any) -> TestClient:
+        DEFAULT_METRICS_CACHE.clear()  # run ids repeat across the tests' databases
+        client = TestClient(create_app(settings_factory(**overrides)))
+        client.__enter__()  # runs the lifespan: migrations, folders, watchdog
+        clients.append(client)
+        return client
+
+    yield make_client
+    for client in reversed(clients):
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(client_factory: Callable[..., Any]) -> Any:
+    return client_factory()

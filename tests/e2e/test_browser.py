@@ -1,0 +1,281 @@
+"""The product in a real browser: `trainboard serve` (uvicorn + a Celery worker on the embedded
+broker) driven by Playwright through Debian's headless Chromium.
+
+One walk through the dashboard: the runs list; a run launched through the /runs/new form and
+watched until its charts have points and it has succeeded; a second run and the comparison of
+both; the visualisations with an uploaded PNG (and a refused upload); the report, and its
+downloaded standalone file opened with the network cut off. No page may log a console error,
+throw, fail a request or get an error response other than the one the test provokes.
+Screenshots of each page go to <repo>/test-artifacts/screenshots/.
+
+Uses the `embedded_stack` fixture of tests/e2e/conftest.py (its own DATA_DIR, processes killed
+with their process group at teardown). Without Chromium or Playwright the test skips locally
+and fails under CI=true.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
+CHROMIUM = Path(os.environ.get("TRAINBOARD_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+RUN_TIMEOUT_S = 90
+PAGE_TIMEOUT_MS = 60_000
+# task1 on 300 images (270 train / 30 val), 100 test: 5 steps of 64, evaluations at 0, 0.5 and 1 epoch.
+TINY = {"epochs": "1", "batch_size": "64", "eval_every": "0.5", "log_every": "1", "early_stop_count": "0"}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(what: str) -> None:
+    """Skip locally; under CI=true the browser test must run, so a missing browser fails it."""
+    if in_ci():
+        pytest.fail(f"{what} (CI=true: the browser test cannot be skipped)", pytrace=False)
+    pytest.skip(what)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------- fixtures ---
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import Error, sync_playwright
+    except ImportError:
+        unavailable("the playwright package is not installed")
+    if not CHROMIUM.is_file():
+        unavailable(f"Chromium is missing at {CHROMIUM}")
+    with sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        except Error as err:
+            unavailable(f"Chromium at {CHROMIUM} does not start: {err}")
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def small_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 train and 10 test JPEGs per class of the shared CIFAR-10."""
+    from ml.data import extract_imagefolder_subset
+
+    if not SHARED_ARCHIVE.is_file():
+        pytest.fail(f"the shared CIFAR-10 archive is missing: {SHARED_ARCHIVE}")
+    return extract_imagefolder_subset(SHARED_ARCHIVE, tmp_path_factory.mktemp("cifar") / "subset",
+                                      train_per_class=30, test_per_class=10)
+
+
+@pytest.fixture
+def served(embedded_stack: Any) -> Any:
+    """`trainboard serve` on a free port: uvicorn in the process, its Celery worker as a child."""
+    port = free_port()
+    embedded_stack.base_url = f"http://127.0.0.1:{port}"
+    serve = embedded_stack.start("serve", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)])
+    embedded_stack.wait_healthy(lambda health: health["workers"] >= 1, serve)
+    return embedded_stack
+
+
+@dataclass
+class Problems:
+    """What a page must not do: console errors, uncaught exceptions, failed requests, error responses."""
+
+    expected_statuses: set[tuple[str, int]] = field(default_factory=set)  # (path, status) the test provokes
+    found: list[str] = field(default_factory=list)
+
+    def watch(self, page: Any) -> None:
+        page.on("console", self._console)
+        page.on("pageerror", lambda err: self.found.append(f"page error: {err}"))
+        page.on("requestfailed", self._request_failed)
+        page.on("response", self._response)
+
+    def _is_expected(self, url: str, status: int) -> bool:
+        from urllib.parse import urlsplit
+
+        return (urlsplit(url).path, status) in self.expected_statuses
+
+    def _console(self, message: Any) -> None:
+        if message.type != "error":
+            return
+        # Chromium logs every error response once more as "Failed to load resource: … status of 415 …".
+        status = re.search(r"status of (\d{3})", message.text)
+        if status and self._is_expected(message.location.get("url", ""), int(status.group(1))):
+            return
+        self.found.append(f"console: {message.text} ({message.location.get('url', '')})")
+
+    def _request_failed(self, request: Any) -> None:
+        # Leaving the run page aborts its live event stream: that is the browser closing it, not a failure.
+        if request.url.endswith("/events") or "/events?" in request.url:
+            return
+        self.found.append(f"request failed: {request.method} {request.url} ({request.failure})")
+
+    def _response(self, response: Any) -> None:
+        if response.status >= 400 and not self._is_expected(response.url, response.status):
+            self.found.append(f"HTTP {response.status}: {response.request.method} {response.url}")
+
+
+def screenshot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def png_upload(side: int = 96) -> bytes:
+    """A picture with some structure (a bright disc on a gradient), as PNG."""
+    y, x = np.mgrid[0:side, 0:side]
+    disc = ((x - side / 2) ** 2 + (y - side / 2) ** 2 < (side / 3) ** 2)[..., None]
+    gradient = np.stack([x * 255 // side, y * 255 // side, np.full_like(x, 90)], axis=-1)
+    pixels = np.where(disc, 235, gradient).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------ steps ---
+
+CHART_HAS_POINTS = """id => {
+  const gd = document.getElementById(id);
+  return !!(gd && gd._fullLayout && gd.data && gd.data.some(t => t.x && t.x.length > 0));
+}"""
+
+
+def launch_through_the_form(page: Any, base: str, dataset: Path, name: str) -> int:
+    page.goto(base + "/runs/new")
+    page.select_option("#f-model", "task1")  # refills the hyperparameters from the preset first
+    page.fill("#f-name", name)
+    page.select_option("#f-dataset-kind", "imagefolder")
+    page.fill("#f-dataset-path", str(dataset))
+    for key, value in TINY.items():
+        page.fill(f"#f-hyperparameters-{key}", value)
+    screenshot(page, "02-launch-form")
+    with page.expect_navigation(url=lambda url: "/runs/" in url and "/new" not in url):
+        page.click("#launch-submit")
+    return int(page.url.rstrip("/").rsplit("/", 1)[1])
+
+
+def watch_run_page(page: Any) -> None:
+    """The live page: charts get points and the badge turns to succeeded without a reload."""
+    page.wait_for_function(CHART_HAS_POINTS, arg="chart-loss", timeout=RUN_TIMEOUT_S * 1000)
+    page.wait_for_function(
+        "() => document.querySelector('[data-status-badge]').textContent.trim() === 'succeeded'",
+        timeout=RUN_TIMEOUT_S * 1000)
+    page.wait_for_function(CHART_HAS_POINTS, arg="chart-acc", timeout=PAGE_TIMEOUT_MS)
+
+
+def visualize_with_upload(page: Any, base: str, run_id: int, problems: Problems) -> None:
+    page.goto(f"{base}/runs/{run_id}/visualize")
+    page.wait_for_function("() => window.__vizReady === true", timeout=PAGE_TIMEOUT_MS)
+    assert page.eval_on_selector("#filters-img", "img => img.naturalWidth") > 0
+    assert page.evaluate(CHART_HAS_POINTS, "confusion-chart")
+    screenshot(page, "05-visualize")
+
+    page.set_input_files("#upload-file", files=[{"name": "disc.png", "mimeType": "image/png", "buffer": png_upload()}])
+    page.click("#upload-submit")
+    page.wait_for_function("() => document.getElementById('maps-subject').textContent.includes('your image')",
+                           timeout=PAGE_TIMEOUT_MS)
+    page.wait_for_function("() => document.getElementById('map-last').naturalWidth > 0", timeout=PAGE_TIMEOUT_MS)
+    screenshot(page, "06-visualize-upload")
+
+    # A text file named .png: the server says 415 and the page shows its message.
+    problems.expected_statuses.add((f"/api/runs/{run_id}/visualize/activations", 415))
+    page.set_input_files("#upload-file", files=[{"name": "notes.png", "mimeType": "image/png",
+                                                 "buffer": b"not an image at all\n"}])
+    page.click("#upload-submit")
+    page.wait_for_selector("#upload-error:not([hidden])", timeout=PAGE_TIMEOUT_MS)
+    assert "not a PNG, JPEG or WebP" in page.inner_text("#upload-error")
+    screenshot(page, "07-visualize-refused-upload")
+
+
+def report_and_its_download(page: Any, base: str, tmp_path: Path) -> None:
+    page.goto(base + "/report")
+    page.wait_for_function("() => window.__reportReady === true", timeout=PAGE_TIMEOUT_MS)
+    assert page.evaluate(CHART_HAS_POINTS, "chart-losses")
+    assert page.evaluate(CHART_HAS_POINTS, "report-heatmap")
+    screenshot(page, "08-report")
+    with page.expect_download() as download_info:
+        page.click("#report-download")
+    saved = tmp_path / "report.html"
+    download_info.value.save_as(saved)
+
+    # The saved file, offline: any request that is not the file itself is aborted and reported.
+    offline = page.context.browser.new_page()
+    outside: list[str] = []
+    offline.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+                  else (outside.append(route.request.url), route.abort()))
+    errors: list[str] = []
+    offline.on("pageerror", lambda err: errors.append(str(err)))
+    offline.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
+    offline.goto(saved.as_uri())
+    offline.wait_for_function("() => window.__reportReady === true", timeout=PAGE_TIMEOUT_MS)
+    assert offline.evaluate(CHART_HAS_POINTS, "chart-losses") and offline.evaluate(CHART_HAS_POINTS, "report-heatmap")
+    assert offline.eval_on_selector("#report-filters", "img => img.naturalWidth") > 0
+    screenshot(offline, "09-report-download-offline")
+    offline.close()
+    assert not outside and not errors, (outside, errors)
+
+
+# ------------------------------------------------------------------- test ---
+
+def test_dashboard_in_chromium(served: Any, browser: Any, small_cifar: Path, tmp_path: Path) -> None:
+    base = served.base_url
+    problems = Problems()
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
+    problems.watch(page)
+    try:
+        page.goto(base + "/")
+        assert page.title().startswith("Runs")
+        screenshot(page, "01-runs-list")
+
+        first = launch_through_the_form(page, base, small_cifar, "browser-1")
+        watch_run_page(page)
+        screenshot(page, "03-run-succeeded")
+
+        # The second run through the API: the form was exercised once already.
+        with served.api() as api:
+            response = api.post("/api/runs", json={
+                "model": "task1", "name": "browser-2",
+                "dataset": {"kind": "imagefolder", "path": str(small_cifar)},
+                "hyperparameters": {**{k: float(v) if "." in v else int(v) for k, v in TINY.items()}, "lr": 0.02}})
+            assert response.status_code == 201, response.text
+        second = response.json()["id"]
+        assert served.wait_for_status(second, {"succeeded", "failed", "cancelled"}, RUN_TIMEOUT_S)["status"] == "succeeded"
+
+        page.goto(f"{base}/compare?ids={first},{second}")
+        page.wait_for_function(CHART_HAS_POINTS, arg="compare-chart")
+        assert page.locator("table.compare-table tbody tr").count() == 2
+        screenshot(page, "04-compare")
+
+        visualize_with_upload(page, base, first, problems)
+        report_and_its_download(page, base, tmp_path)
+    except Exception:
+        screenshot(page, "failure")
+        print(served.logs())
+        raise
+    finally:
+        context.close()
+    assert not problems.found, "\n".join(problems.found)

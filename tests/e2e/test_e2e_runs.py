@@ -1,0 +1,94 @@
+"""A run launched through the REST API and trained by a real Celery worker process.
+
+Twice: with the embedded stack (SQLite + Kombu's filesystem broker) and with the
+docker-compose one (PostgreSQL + Redis). Then a worker killed with SIGKILL mid-run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ml.trainer import eval_steps
+
+pytestmark = pytest.mark.slow
+
+# task1 on 500 images (450 train / 50 val) with batch 64: 7 or 8 steps per epoch (as the trainer
+# treats the last partial batch); a one-epoch run evaluates at step 0, mid-epoch and the end.
+TINY_HYPERPARAMETERS = {"epochs": 1, "batch_size": 64, "eval_every": 0.5, "log_every": 2, "early_stop_count": 0}
+RUN_TIMEOUT_S = 120
+
+
+def launch(stack: Any, dataset_root: Path, **hyperparameters: Any) -> int:
+    body = {"model": "task1", "name": "e2e",
+            "dataset": {"kind": "imagefolder", "path": str(dataset_root), "limit_train": 500},
+            "hyperparameters": {**TINY_HYPERPARAMETERS, **hyperparameters}}
+    with stack.api() as api:
+        response = api.post("/api/runs", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def evaluated_after_step_0(stack: Any, run_id: int) -> bool:
+    return any(step > 0 and count == 6 for step, count in stack.eval_points(run_id).items())
+
+
+def assert_trains_to_success(stack: Any, dataset_root: Path) -> None:
+    stack.start_web()
+    stack.start_worker()
+    stack.wait_healthy(lambda health: health["workers"] >= 1)
+    run_id = launch(stack, dataset_root)
+
+    run = stack.wait_for_status(run_id, {"succeeded", "failed", "cancelled"}, RUN_TIMEOUT_S)
+
+    assert run["status"] == "succeeded", f"{run['error']}\n{stack.logs()}"
+    evaluations = eval_steps(run["total_steps"], 1, TINY_HYPERPARAMETERS["eval_every"])
+    assert len(evaluations) == 3
+    assert stack.eval_points(run_id) == {step: 6 for step in evaluations}  # every evaluation × 6 metrics
+    assert run["step"] == run["total_steps"] and set(run["final_metrics"]) == {
+        "train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"}
+    with stack.api() as api:
+        history = [event["kind"] for event in api.get(f"/api/runs/{run_id}/history").json()]
+        assert history[0] == "queued" and "started" in history and history[-1] == "succeeded"
+        checkpoint = api.get(f"/api/runs/{run_id}/checkpoint")
+        assert checkpoint.status_code == 200 and len(checkpoint.content) > 100_000
+
+
+def test_e2e_run_succeeds_with_embedded_filesystem_broker(embedded_stack: Any, cifar_subset: Path) -> None:
+    assert_trains_to_success(embedded_stack, cifar_subset)
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_e2e_run_succeeds_with_redis_and_postgres(server_stack: Any, cifar_subset: Path) -> None:
+    assert_trains_to_success(server_stack, cifar_subset)
+
+
+def test_e2e_worker_killed_mid_run_is_marked_lost_and_keeps_metrics(embedded_stack: Any,
+                                                                     cifar_subset: Path) -> None:
+    heartbeat_timeout_s = 5
+    stack = embedded_stack
+    stack.start_web(HEARTBEAT_TIMEOUT_S=str(heartbeat_timeout_s))
+    worker = stack.start_worker()
+    stack.wait_healthy(lambda health: health["workers"] >= 1)
+    run_id = launch(stack, cifar_subset, epochs=20)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not evaluated_after_step_0(stack, run_id):  # the second evaluation is durable
+        assert time.monotonic() < deadline, f"no second evaluation\n{stack.logs()}"
+        time.sleep(0.2)
+
+    before_kill = stack.point_ids(run_id)
+    worker.kill_group()  # SIGKILL: no shutdown hook, no last write
+    killed_at = time.monotonic()
+    run = stack.wait_for_status(run_id, {"succeeded", "failed", "cancelled"}, heartbeat_timeout_s + 15)
+    left_running_after = time.monotonic() - killed_at
+
+    assert run["status"] == "failed" and run["error"].startswith("worker lost"), run
+    # The last heartbeat ages past the timeout (it is ≤ 2 s old at the kill), then the watchdog's
+    # next pass (every 1 s here) fails the run: about the timeout, plus a little slack for a busy CI.
+    assert left_running_after <= heartbeat_timeout_s + 3, f"left running after {left_running_after:.1f} s"
+    assert before_kill <= stack.point_ids(run_id)  # every metric written before the kill is still there
+    assert evaluated_after_step_0(stack, run_id)
