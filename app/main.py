@@ -10,9 +10,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
@@ -49,6 +52,37 @@ async def watchdog_loop(engine: Engine, settings: Settings) -> None:
         except Exception:  # a database hiccup must not end the loop
             logger.exception("watchdog pass failed")
         await anyio.sleep(settings.WATCHDOG_INTERVAL_S)
+
+
+class RejectCrossSiteWrites:
+    """403 for a state-changing request that a browser sent from another site.
+
+    With no API token the API is open to scripts, but a page elsewhere must not be
+    able to make a visitor's browser cancel or delete runs: browsers send `Origin`
+    (and `Sec-Fetch-Site`) on cross-site POST/PATCH/DELETE; scripts send neither.
+    """
+
+    SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] not in self.SAFE_METHODS and _is_cross_site(scope):
+            response = JSONResponse(status_code=403, content={"detail": "cross-site request refused"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _is_cross_site(scope: dict[str, Any]) -> bool:
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    if headers.get("sec-fetch-site") == "cross-site":
+        return True
+    origin = headers.get("origin")
+    if not origin or origin == "null":
+        return origin == "null"  # sandboxed frames and data: pages send "null"
+    return urlsplit(origin).netloc != headers.get("host", "")
 
 
 def _register_error_handlers(app: FastAPI) -> None:
@@ -89,12 +123,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await watchdog
             engine.dispose()
 
-    app = FastAPI(
+    # FastAPIOffline serves Swagger UI's files from its package: /docs works with no CDN (offline).
+    app = FastAPIOffline(
         title="Trainboard",
         description="Launch and inspect PyTorch CIFAR-10 trainings.",
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.add_middleware(RejectCrossSiteWrites)
     app.state.settings = settings
     app.state.engine = engine
     app.dependency_overrides[get_settings] = lambda: settings

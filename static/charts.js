@@ -89,5 +89,17 @@
     });
   }
 
-  window.TBCharts = { draw, ema, themeLayout, PLOTLY_CONFIG };
+  // Draw a figure fetched at run time: through a JSON block, like the server-rendered ones,
+  // so that draw() applies the theme's colours and redraws it when the theme changes.
+  function drawFigure(container, figure) {
+    const block = document.createElement("script");
+    block.type = "application/json";
+    block.id = container.id + "-figure";
+    block.textContent = JSON.stringify(figure);
+    container.after(block);
+    container.dataset.figure = block.id;
+    draw(container);
+  }
+
+  window.TBCharts = { draw, drawFigure, ema, themeLayout, PLOTLY_CONFIG };
 })();

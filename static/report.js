@@ -50,15 +50,6 @@
     img.src = src;
   }
 
-  function drawFigure(container, figure) {
-    const block = document.createElement("script");
-    block.type = "application/json";
-    block.id = container.id + "-figure";
-    block.textContent = JSON.stringify(figure);
-    container.after(block);
-    container.dataset.figure = block.id;
-    TBCharts.draw(container);
-  }
 
   async function loadActivations(api) {
     const ids = ["report-input", "report-first", "report-last"];
@@ -83,7 +74,7 @@
     ["report-heatmap", "report-per_class_bar"].forEach((id) => {
       if (!result.ok) { frameState($(id), "error", result.errors.join(" ")); return; }
       frameState($(id), "ready");
-      drawFigure($(id), id === "report-heatmap" ? result.data.heatmap : result.data.per_class_bar);
+      TBCharts.drawFigure($(id), id === "report-heatmap" ? result.data.heatmap : result.data.per_class_bar);
     });
   }
 

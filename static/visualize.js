@@ -178,24 +178,13 @@
   }
 
   // --------------------------------------------------- confusion matrix ---
-  // Through a JSON block, so that charts.js draws it with the theme's colours and redraws it on a change.
-  function drawFigure(container, figure) {
-    const block = document.createElement("script");
-    block.type = "application/json";
-    block.id = container.id + "-figure";
-    block.textContent = JSON.stringify(figure);
-    container.after(block);
-    container.dataset.figure = block.id;
-    TBCharts.draw(container);
-  }
-
   async function loadConfusion() {
     const frames = [frameOf($("confusion-chart")), frameOf($("per-class-chart"))];
     const result = await TB.api("GET", API + "/confusion");
     if (!result.ok) { frames.forEach((f) => setFrame(f, "error", result.errors.join(" "))); return; }
     frames.forEach((f) => setFrame(f, "ready"));
-    drawFigure($("confusion-chart"), result.data.heatmap);
-    drawFigure($("per-class-chart"), result.data.per_class_bar);
+    TBCharts.drawFigure($("confusion-chart"), result.data.heatmap);
+    TBCharts.drawFigure($("per-class-chart"), result.data.per_class_bar);
     $("confusion-summary").textContent = "· " + TB.number(result.data.total) + " test images, " +
       TB.percent(result.data.accuracy) + " correct";
   }

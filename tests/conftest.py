@@ -25,6 +25,8 @@ from sqlmodel import Session
 from app.core.config import Settings, get_settings
 from app.core.db import create_db_engine, get_engine, migrate
 
+REPO = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TABLES = ("metric_point", "run_event", "worker_heartbeat", "run")
@@ -192,3 +194,20 @@ def client_factory(settings_factory: Callable[..., Settings]) -> Iterator[Callab
 @pytest.fixture
 def client(client_factory: Callable[..., Any]) -> Any:
     return client_factory()
+
+
+@pytest.fixture(scope="session")
+def shared_archive() -> Path:
+    """The real CIFAR-10 as JPEG files, beside the checkout (never copied into it)."""
+    if not SHARED_ARCHIVE.is_file():
+        pytest.fail(f"the shared CIFAR-10 archive is missing: {SHARED_ARCHIVE}")
+    return SHARED_ARCHIVE
+
+
+@pytest.fixture(scope="session")
+def cifar_subset(shared_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """50 train and 10 test JPEGs per class of the shared CIFAR-10 (500/100), extracted once per session."""
+    from ml.data import extract_imagefolder_subset
+
+    return extract_imagefolder_subset(shared_archive, tmp_path_factory.getbasetemp() / "cifar10-subset",
+                                      train_per_class=50, test_per_class=10)

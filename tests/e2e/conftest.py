@@ -24,7 +24,6 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 # Its own database number, so that other tests' queues on the same Redis never meet this one's.
 E2E_REDIS_URL = str(make_url(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")).set(database="14"))
@@ -43,15 +42,6 @@ def service_unavailable(service: str, error: object) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
-def cifar_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """50 train and 10 test JPEGs per class of the shared CIFAR-10 (shared with tests/worker's extraction)."""
-    from ml.data import extract_imagefolder_subset
-
-    if not SHARED_ARCHIVE.is_file():
-        pytest.fail(f"the shared CIFAR-10 archive is missing: {SHARED_ARCHIVE}")
-    return extract_imagefolder_subset(SHARED_ARCHIVE, tmp_path_factory.getbasetemp() / "cifar10-subset",
-                                      train_per_class=50, test_per_class=10)
 
 
 def free_port() -> int:

@@ -32,7 +32,6 @@ from PIL import Image
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 CHROMIUM = Path(os.environ.get("TRAINBOARD_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -80,13 +79,11 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def small_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def small_cifar(shared_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """30 train and 10 test JPEGs per class of the shared CIFAR-10."""
     from ml.data import extract_imagefolder_subset
 
-    if not SHARED_ARCHIVE.is_file():
-        pytest.fail(f"the shared CIFAR-10 archive is missing: {SHARED_ARCHIVE}")
-    return extract_imagefolder_subset(SHARED_ARCHIVE, tmp_path_factory.mktemp("cifar") / "subset",
+    return extract_imagefolder_subset(shared_archive, tmp_path_factory.mktemp("cifar") / "subset",
                                       train_per_class=30, test_per_class=10)
 
 

@@ -46,16 +46,13 @@ def synthetic_splits() -> FakeSplits:
     return FakeSplits(make_set(320, 1), make_set(128, 2), make_set(128, 3), classes)
 
 
-SHARED_ARCHIVE = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 CACHE = Path(__file__).resolve().parents[2] / ".cache" / "test-data"
 
 
 @pytest.fixture(scope="session")
-def jpeg_cifar_subset() -> Path:
+def jpeg_cifar_subset(shared_archive: Path) -> Path:
     """200 train + 50 test images per class of the real JPEG CIFAR-10, extracted once per checkout."""
     from ml.data import extract_imagefolder_subset
 
-    if not SHARED_ARCHIVE.exists():
-        pytest.fail(f"the shared JPEG CIFAR-10 is missing at {SHARED_ARCHIVE}")
-    return extract_imagefolder_subset(SHARED_ARCHIVE, CACHE / "cifar10-jpeg-200-50",
+    return extract_imagefolder_subset(shared_archive, CACHE / "cifar10-jpeg-200-50",
                                       train_per_class=200, test_per_class=50)

@@ -10,7 +10,6 @@ import io
 import os
 import pickle
 import tarfile
-import time
 from pathlib import Path
 from urllib.error import URLError
 
@@ -33,7 +32,6 @@ from ml.data import (
     split_indices,
 )
 
-SHARED_ARCHIVE = Path(__file__).resolve().parents[2].parent / "shared/datasets/cifar10-jpeg.tar.gz"
 CIFAR_TRAIN_PER_BATCH = 6
 CIFAR_TEST = 10
 
@@ -541,40 +539,41 @@ def test_extract_imagefolder_subset_not_an_archive_names_it(tmp_path: Path) -> N
 
 
 @pytest.fixture(scope="module")
-def cifar_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not SHARED_ARCHIVE.is_file():
-        pytest.skip(f"{SHARED_ARCHIVE} is not here")
+def small_subset(shared_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("cifar-subset")
-    return extract_imagefolder_subset(SHARED_ARCHIVE, dest, train_per_class=20, test_per_class=5)
+    return extract_imagefolder_subset(shared_archive, dest, train_per_class=20, test_per_class=5)
 
 
-def test_extract_imagefolder_subset_real_archive_layout(cifar_subset: Path) -> None:
-    assert cifar_subset.name == "cifar10-jpeg"
-    assert sorted(p.name for p in (cifar_subset / "train").iterdir()) == CIFAR10_CLASSES
+def test_extract_imagefolder_subset_real_archive_layout(small_subset: Path) -> None:
+    assert small_subset.name == "cifar10-jpeg"
+    assert sorted(p.name for p in (small_subset / "train").iterdir()) == CIFAR10_CLASSES
     for cls in CIFAR10_CLASSES:
-        assert sorted(p.name for p in (cifar_subset / "train" / cls).iterdir()) == [f"{i:04d}.jpg" for i in range(20)]
-        assert len(list((cifar_subset / "test" / cls).iterdir())) == 5
+        assert sorted(p.name for p in (small_subset / "train" / cls).iterdir()) == [f"{i:04d}.jpg" for i in range(20)]
+        assert len(list((small_subset / "test" / cls).iterdir())) == 5
 
 
-def test_extract_imagefolder_subset_idempotent(cifar_subset: Path) -> None:
-    start = time.perf_counter()
-    again = extract_imagefolder_subset(SHARED_ARCHIVE, cifar_subset.parent, train_per_class=20, test_per_class=5)
-    assert again == cifar_subset
-    assert time.perf_counter() - start < 0.5
+def test_extract_imagefolder_subset_idempotent(small_subset: Path, shared_archive: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_second_pass(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the archive was read again")
+
+    monkeypatch.setattr(tarfile, "open", no_second_pass)
+    again = extract_imagefolder_subset(shared_archive, small_subset.parent, train_per_class=20, test_per_class=5)
+    assert again == small_subset
 
 
-def test_extract_imagefolder_subset_other_request_same_dest_error(cifar_subset: Path) -> None:
-    with pytest.raises(DatasetError, match=str(cifar_subset.parent)):
-        extract_imagefolder_subset(SHARED_ARCHIVE, cifar_subset.parent, train_per_class=30, test_per_class=5)
+def test_extract_imagefolder_subset_other_request_same_dest_error(small_subset: Path, shared_archive: Path) -> None:
+    with pytest.raises(DatasetError, match=str(small_subset.parent)):
+        extract_imagefolder_subset(shared_archive, small_subset.parent, train_per_class=30, test_per_class=5)
 
 
-def test_load_imagefolder_real_subset_labels_match_folders(cifar_subset: Path) -> None:
-    train, test = load_imagefolder(cifar_subset)
+def test_load_imagefolder_real_subset_labels_match_folders(small_subset: Path) -> None:
+    train, test = load_imagefolder(small_subset)
 
     assert train.classes == CIFAR10_CLASSES
     assert train.labels.bincount().tolist() == [20] * 10 and test.labels.bincount().tolist() == [5] * 10
     for split, images, per_class in (("train", train.images, 20), ("test", test.images, 5)):
         for label, cls in enumerate(CIFAR10_CLASSES):
-            with Image.open(cifar_subset / split / cls / "0003.jpg") as im:
+            with Image.open(small_subset / split / cls / "0003.jpg") as im:
                 expected = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
             assert torch.equal(images[label * per_class + 3], expected)

@@ -14,22 +14,11 @@ from app.models import MetricPoint, Run, RunCreate, RunEvent
 from app.services.runs import create_runs
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 EVAL_METRIC_NAMES = {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"}
 SETTINGS_VARIABLES = ("DATA_DIR", "DATABASE_URL", "BROKER_URL", "ARTIFACTS_DIR", "DATASETS_DIR",
                       "TRAINBOARD_API_TOKEN", "HEARTBEAT_TIMEOUT_S")
 
 
-@pytest.fixture(scope="session")
-def cifar_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """50 train and 10 test JPEGs per class of the shared CIFAR-10 (500/100), extracted once per session."""
-    from ml.data import extract_imagefolder_subset
-
-    if not SHARED_ARCHIVE.is_file():
-        pytest.fail(f"the shared CIFAR-10 archive is missing: {SHARED_ARCHIVE}")
-    # basetemp is shared by every conftest of the session, so tests/e2e reuses this extraction.
-    return extract_imagefolder_subset(SHARED_ARCHIVE, tmp_path_factory.getbasetemp() / "cifar10-subset",
-                                      train_per_class=50, test_per_class=10)
 
 
 @pytest.fixture
