@@ -320,6 +320,15 @@ class ModelInfo(SQLModel):
     defaults: dict[str, Any] = Field(description="Every hyperparameter's preset value for this model")
 
 
+class ModelOptionsIn(SQLModel):
+    model_options: dict[str, Any] = Field(default_factory=dict, description="Options of the model's builder")
+
+
+class ParameterCount(SQLModel):
+    parameters: int
+    trainable_parameters: int
+
+
 class LayerRow(SQLModel):
     name: str
     type: str

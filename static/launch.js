@@ -102,12 +102,16 @@
     else input.value = String(value);
   }
 
+  function showCount(counts) {
+    document.getElementById("param-count").textContent = TB.number(counts.parameters);
+    document.getElementById("param-trainable").textContent = counts.trainable_parameters !== counts.parameters
+      ? "(" + TB.number(counts.trainable_parameters) + " trained)" : "";
+  }
+
   function showModel(name) {
     const model = data.models[name];
     if (!model) return;
-    document.getElementById("param-count").textContent = TB.number(model.parameters);
-    document.getElementById("param-trainable").textContent = model.trainable_parameters !== model.parameters
-      ? "(" + TB.number(model.trainable_parameters) + " trained)" : "";
+    showCount(model);
     document.getElementById("model-description").textContent = model.description;
     document.getElementById("preset-name").textContent = name;
     updateOptionsNote();
@@ -121,10 +125,26 @@
     updateSweepCount();
   }
 
-  // The shown parameter count is the preset's; custom model options change it.
+  // Model options (the custom builder's) change the count: ask the server, a moment after typing stops.
   const optionsInput = form.querySelector('[data-loc="hyperparameters.model_options"] [data-input]');
+  const paramNote = document.getElementById("param-note");
+  let countTimer = null;
   function updateOptionsNote() {
-    document.getElementById("param-note").hidden = !(optionsInput && optionsInput.value.trim());
+    clearTimeout(countTimer);
+    countTimer = setTimeout(countWithOptions, 300);
+  }
+  async function countWithOptions() {
+    const name = modelSelect.value;
+    const text = optionsInput ? optionsInput.value.trim() : "";
+    paramNote.hidden = true;
+    if (!text) { if (data.models[name]) showCount(data.models[name]); return; }
+    let options;
+    try { options = JSON.parse(text); } catch (_) { return; } // the field's own check reports bad JSON
+    const result = await TB.api("POST", "/api/models/" + encodeURIComponent(name) + "/parameters",
+                                { model_options: options });
+    if (result.ok) { showCount(result.data); return; }
+    paramNote.textContent = "model options: " + result.errors.join("; ");
+    paramNote.hidden = false;
   }
   if (optionsInput) optionsInput.addEventListener("input", updateOptionsNote);
 

@@ -11,7 +11,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from app.services.errors import NotFound
+from app.services.errors import InvalidInput, NotFound
 
 
 def _spec(name: str) -> Any:
@@ -38,9 +38,17 @@ def _build_counts(name: str, options_key: str) -> tuple[int, int]:
 
 
 def parameter_counts(name: str, options: dict[str, Any] | None = None) -> tuple[int, int]:
-    """(all, trainable) parameter counts of model `name` built with `options`."""
+    """(all, trainable) parameter counts of model `name` built with `options`.
+
+    Invalid options raise InvalidInput located at ("model_options", <option>).
+    """
+    from ml.config import ConfigError
+
     _spec(name)
-    return _build_counts(name, _options_key(options))
+    try:
+        return _build_counts(name, _options_key(options))
+    except ConfigError as err:
+        raise InvalidInput([(("model_options", field), message) for field, message in err.errors.items()]) from None
 
 
 @lru_cache(maxsize=64)

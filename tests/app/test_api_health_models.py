@@ -65,3 +65,21 @@ def test_openapi_declares_every_endpoint(client: TestClient) -> None:
     lr = spec["components"]["schemas"]["HyperparametersIn"]["properties"]["lr"]["anyOf"][0]
     assert lr["exclusiveMinimum"] == 0 and lr["maximum"] == 10  # constraints from ml/config.py
     assert client.get("/docs").status_code == 200
+
+
+def test_model_parameters_with_custom_options_counts_them(client: TestClient) -> None:
+    wide = client.post("/api/models/custom/parameters", json={"model_options": {"filters": [64, 128], "hidden": []}})
+    assert wide.status_code == 200
+    # conv 3→64 and 64→64, conv 64→128 and 128→128 (k3) with BN, then Linear(128*8*8 → 10)
+    expected = (1792 + 36928 + 73856 + 147584) + 2 * (64 + 64 + 128 + 128) + (8192 * 10 + 10)
+    assert wide.json() == {"parameters": expected, "trainable_parameters": expected}
+    task1 = client.post("/api/models/task1/parameters", json={"model_options": {}})
+    assert task1.json()["parameters"] == 390_410
+
+
+def test_model_parameters_bad_option_is_422_with_field(client: TestClient) -> None:
+    response = client.post("/api/models/custom/parameters", json={"model_options": {"kernel_size": 7}})
+    assert response.status_code == 422
+    error = response.json()["detail"][0]
+    assert error["loc"][-2:] == ["model_options", "kernel_size"] and "3, 5" in error["msg"]
+    assert client.post("/api/models/vgg/parameters", json={}).status_code == 404

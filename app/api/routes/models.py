@@ -1,6 +1,6 @@
 from fastapi import APIRouter
 
-from app.models import LayerRow, ModelInfo
+from app.models import LayerRow, ModelInfo, ModelOptionsIn, ParameterCount
 from app.services import catalog
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -16,3 +16,10 @@ def list_models() -> list[ModelInfo]:
 def model_layers(name: str) -> list[LayerRow]:
     """The model's layers with their parameter counts (404 lists the valid names)."""
     return [LayerRow(**row) for row in catalog.model_layers(name)]
+
+
+@router.post("/{name}/parameters", response_model=ParameterCount)
+def count_parameters(name: str, options_in: ModelOptionsIn) -> ParameterCount:
+    """Parameter counts of the model built with these options (422 names a bad option). Changes nothing."""
+    total, trainable = catalog.parameter_counts(name, options_in.model_options)
+    return ParameterCount(parameters=total, trainable_parameters=trainable)
