@@ -14,6 +14,9 @@ with its buttons disabled and a "log in" prompt. Logging in checks the token
 from __future__ import annotations
 
 import secrets
+import threading
+import time
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -25,6 +28,38 @@ from app.api.deps import CSRF_COOKIE, TOKEN_COOKIE
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
 LOGIN_MAX_AGE_S = 30 * 24 * 3600
+# Guessing the token through the form: at most this many wrong tries per client address per window.
+LOGIN_FAILURES_ALLOWED = 10
+LOGIN_FAILURE_WINDOW_S = 300.0
+
+
+class FailedLogins:
+    """Wrong tokens per client address in a sliding window (kept per web process)."""
+
+    def __init__(self, limit: int = LOGIN_FAILURES_ALLOWED, window_s: float = LOGIN_FAILURE_WINDOW_S) -> None:
+        self.limit, self.window_s = limit, window_s
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def retry_after_s(self, client: str) -> float:
+        """0 when `client` may try; else the seconds until its oldest failure leaves the window."""
+        now = time.monotonic()
+        with self._lock:
+            failures = self._failures[client]
+            while failures and now - failures[0] > self.window_s:
+                failures.popleft()
+            return self.window_s - (now - failures[0]) if len(failures) >= self.limit else 0.0
+
+    def record(self, client: str) -> None:
+        with self._lock:
+            self._failures[client].append(time.monotonic())
+
+
+def _failed_logins(request: Request) -> FailedLogins:
+    state = request.app.state
+    if not hasattr(state, "failed_logins"):
+        state.failed_logins = FailedLogins()
+    return state.failed_logins
 
 
 @dataclass(frozen=True)
@@ -95,7 +130,16 @@ def login(request: Request, token: Annotated[str, Form()] = "",
     expected = _configured_token(request)
     if expected is None:
         return RedirectResponse(next_url, status_code=status.HTTP_303_SEE_OTHER)
+    client = request.client.host if request.client else "unknown"
+    failures = _failed_logins(request)
+    wait_s = failures.retry_after_s(client)
+    if wait_s > 0:
+        response = _login_page(request, next_url=next_url, status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+                               error=f"Too many wrong tokens. Try again in {int(wait_s) + 1} s.")
+        response.headers["Retry-After"] = str(int(wait_s) + 1)
+        return response
     if not token_matches(token.strip(), expected):
+        failures.record(client)
         return _login_page(request, next_url=next_url, error="That token is not right.",
                            status_code=status.HTTP_401_UNAUTHORIZED)
     response = RedirectResponse(next_url, status_code=status.HTTP_303_SEE_OTHER)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from app.pages.auth import safe_next
+from app.pages.auth import LOGIN_FAILURES_ALLOWED, FailedLogins, safe_next
 
 TOKEN = "page-token"
 
@@ -37,6 +38,24 @@ def test_login_wrong_token_is_401_without_cookies(token_client: TestClient) -> N
     assert response.status_code == 401
     assert "That token is not right" in response.text
     assert not _set_cookies(response)
+
+
+def test_login_after_too_many_wrong_tokens_is_429_even_with_the_right_one(token_client: TestClient) -> None:
+    for _ in range(LOGIN_FAILURES_ALLOWED):
+        assert _login(token_client, token="guess").status_code == 401
+    blocked = _login(token_client)  # the right token, but this address is still cooling down
+    assert blocked.status_code == 429
+    assert int(blocked.headers["Retry-After"]) > 0 and "Too many wrong tokens" in blocked.text
+    assert not _set_cookies(blocked)
+
+
+def test_failed_logins_window_expires() -> None:
+    failures = FailedLogins(limit=2, window_s=0.2)
+    failures.record("10.0.0.1")
+    failures.record("10.0.0.1")
+    assert failures.retry_after_s("10.0.0.1") > 0 and failures.retry_after_s("10.0.0.2") == 0
+    time.sleep(0.25)
+    assert failures.retry_after_s("10.0.0.1") == 0
 
 
 @pytest.mark.parametrize("target, expected", [
