@@ -38,15 +38,17 @@ def _build_counts(name: str, options_key: str) -> tuple[int, int]:
 
 
 def parameter_counts(name: str, options: dict[str, Any] | None = None) -> tuple[int, int]:
-    """(all, trainable) parameter counts of model `name` built with `options`.
+    """(all, trainable) parameter counts of model `name` built with `options` (ConfigError if invalid)."""
+    _spec(name)
+    return _build_counts(name, _options_key(options))
 
-    Invalid options raise InvalidInput located at ("model_options", <option>).
-    """
+
+def parameter_counts_for_request(name: str, options: dict[str, Any]) -> tuple[int, int]:
+    """parameter_counts for a request body {"model_options": …}: bad options are a 422 at their field."""
     from ml.config import ConfigError
 
-    _spec(name)
     try:
-        return _build_counts(name, _options_key(options))
+        return parameter_counts(name, options)
     except ConfigError as err:
         raise InvalidInput([(("model_options", field), message) for field, message in err.errors.items()]) from None
 

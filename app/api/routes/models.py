@@ -21,5 +21,5 @@ def model_layers(name: str) -> list[LayerRow]:
 @router.post("/{name}/parameters", response_model=ParameterCount)
 def count_parameters(name: str, options_in: ModelOptionsIn) -> ParameterCount:
     """Parameter counts of the model built with these options (422 names a bad option). Changes nothing."""
-    total, trainable = catalog.parameter_counts(name, options_in.model_options)
+    total, trainable = catalog.parameter_counts_for_request(name, options_in.model_options)
     return ParameterCount(parameters=total, trainable_parameters=trainable)
