@@ -42,8 +42,6 @@ def service_unavailable(service: str, error: object) -> None:
     pytest.skip(message)
 
 
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -19,8 +19,6 @@ SETTINGS_VARIABLES = ("DATA_DIR", "DATABASE_URL", "BROKER_URL", "ARTIFACTS_DIR",
                       "TRAINBOARD_API_TOKEN", "HEARTBEAT_TIMEOUT_S")
 
 
-
-
 @pytest.fixture
 def worker_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Settings with every path under tmp_path (SQLite, filesystem broker), schema migrated."""
