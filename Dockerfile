@@ -43,4 +43,4 @@ EXPOSE 8000
 
 # The web app. The worker's command is in docker-compose.yml:
 #   celery -A worker.celery_app worker --pool=solo --concurrency=1
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers"]

@@ -72,6 +72,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, with_worker: bool = True
     """Run the web app (and a worker) until Ctrl-C; returns the exit code."""
     import uvicorn
 
+    os.environ.setdefault("BIND_HOST", host)  # the address served is an allowed Host (ALLOWED_HOSTS)
+    get_settings.cache_clear()
     settings = get_settings()
     settings.ensure_dirs()
     worker = start_worker() if with_worker else None
@@ -81,7 +83,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, with_worker: bool = True
           f"Press Ctrl-C to stop.", flush=True)
     try:
         # uvicorn handles SIGINT/SIGTERM itself, shuts down, then raises the signal again.
-        uvicorn.run("app.main:app", host=host, port=port, log_level="info")
+        # proxy_headers=False: the app itself trusts X-Forwarded-* only from FORWARDED_ALLOW_IPS.
+        uvicorn.run("app.main:app", host=host, port=port, log_level="info", proxy_headers=False)
     except KeyboardInterrupt:
         pass
     finally:

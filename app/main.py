@@ -24,8 +24,17 @@ from sqlmodel import Session
 from app.api.main import api_router
 from app.core.config import Settings, get_settings
 from app.core.db import create_db_engine, init_db
+from app.core.guards import AllowedHosts, BoundedStrictBody
+from app.core.security import json_safe
 from app.pages import register_pages
-from app.services.errors import BrokerUnavailable, Conflict, Forbidden, InvalidInput, NotFound
+from app.services.errors import (
+    BrokerUnavailable,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    TooManyRequests,
+)
 from app.services.lifecycle import mark_lost_runs, prune_worker_heartbeats
 
 logger = logging.getLogger(__name__)
@@ -86,10 +95,17 @@ def _is_cross_site(scope: dict[str, Any]) -> bool:
 
 
 def _register_error_handlers(app: FastAPI) -> None:
-    def detail(status_code: int):  # type: ignore[no-untyped-def]
+    def detail(status_code: int, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
         async def handler(_request: Request, exc: Exception) -> JSONResponse:
-            return JSONResponse(status_code=status_code, content={"detail": str(exc)})
+            return JSONResponse(status_code=status_code, content={"detail": str(exc)}, headers=headers)
         return handler
+
+    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        # The rejected input is echoed back; it may be what JSON cannot encode (inf, NaN, bytes).
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse(status_code=422, content={"detail": json_safe(list(exc.errors()))})
+
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     async def invalid_input(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, InvalidInput)
@@ -103,6 +119,28 @@ def _register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Conflict, detail(409))
     app.add_exception_handler(Forbidden, detail(403))
     app.add_exception_handler(BrokerUnavailable, detail(503))
+    app.add_exception_handler(TooManyRequests, detail(429, {"Retry-After": "10"}))
+
+
+# Room for the multipart envelope around an upload of MAX_UPLOAD_BYTES.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+def _add_guards(app: FastAPI, settings: Settings) -> None:
+    """Middlewares, outermost last: proxy headers, Host allow-list, body limits, cross-site writes."""
+    def body_limit(path: str) -> tuple[int, str]:
+        if path.endswith("/visualize/activations"):
+            return settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES, "MAX_UPLOAD_BYTES"
+        return settings.MAX_REQUEST_BODY_BYTES, "MAX_REQUEST_BODY_BYTES"
+
+    app.add_middleware(RejectCrossSiteWrites)
+    app.add_middleware(BoundedStrictBody, limit_for=body_limit)
+    app.add_middleware(AllowedHosts, allowed=settings.allowed_hosts)
+    if settings.FORWARDED_ALLOW_IPS:
+        # Only these peers may say who the client is; the servers we start trust none themselves.
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.FORWARDED_ALLOW_IPS)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -130,7 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.add_middleware(RejectCrossSiteWrites)
+    _add_guards(app, settings)
     app.state.settings = settings
     app.state.engine = engine
     app.dependency_overrides[get_settings] = lambda: settings

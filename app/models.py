@@ -130,6 +130,8 @@ class Run(RunBase, table=True):
     cloned_from: int | None = Field(default=None, foreign_key="run.id", ondelete="SET NULL")
     checkpoint_path: str | None = Field(default=None, sa_type=Text)
     resumed_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Counts edits (PATCH): a PATCH that names an older version is refused with 409.
+    version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
 
 
 class RunPublic(RunBase):
@@ -157,6 +159,7 @@ class RunPublic(RunBase):
     cloned_from: int | None
     checkpoint_path: str | None
     resumed_count: int
+    version: int = Field(description="Edit counter; send it back in PATCH to refuse overwriting a newer edit")
 
 
 class RunsPublic(SQLModel):
@@ -172,6 +175,8 @@ class RunUpdate(SQLModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     tags: list[str] | None = None
     notes: str | None = Field(default=None, max_length=20_000)
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1,
+                                description="The run's version this edit is based on; 409 if the run changed since")
 
     @field_validator("tags")
     @classmethod

@@ -67,6 +67,10 @@ def _type_errors(cfg: CNNConfig) -> dict[str, str]:
         "dropout": (_is_rate(cfg.dropout) or (isinstance(cfg.dropout, list) and all(map(_is_rate, cfg.dropout))),
                     "a number or a list of numbers"),
         "hidden": (isinstance(cfg.hidden, list) and all(map(_is_int, cfg.hidden)), "a list of whole numbers"),
+        # Names are looked up in tables: a list or a dict there would be a TypeError, not a message.
+        **{name: (isinstance(getattr(cfg, name), str), "a name (text)")
+           for name in ("downsample", "activation", "init", "order")},
+        "fc_activation": (cfg.fc_activation is None or isinstance(cfg.fc_activation, str), "a name (text) or null"),
     }
     return {name: f"must be {expected}" for name, (ok, expected) in checks.items() if not ok}
 
@@ -251,6 +255,8 @@ def _build_resnet18(options: dict[str, Any], pretrained: bool, allow_download: b
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ConfigError({k: f"unknown resnet18 option; valid options: {', '.join(sorted(allowed))}" for k in unknown})
+    if "upsample" in options and (not _is_int(options["upsample"]) or options["upsample"] < 1):
+        raise ConfigError({"upsample": "must be a whole number of at least 1"})
     return ResNet18Transfer(pretrained=pretrained, allow_download=allow_download, **options)
 
 

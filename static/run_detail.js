@@ -223,6 +223,7 @@
       name: form.elements.name.value.trim(),
       tags: form.elements.tags.value.split(",").map((t) => t.trim()).filter(Boolean),
       notes: form.elements.notes.value,
+      version: run.version,  // 409 if someone else edited the run since this page loaded
     };
     const result = await TB.api("PATCH", "/api/runs/" + run.id, body);
     saveStatus.textContent = "";
@@ -231,6 +232,7 @@
       if (rest.length) TB.showMessage(messages, "error", rest);
       return;
     }
+    run.version = result.data.version;
     document.getElementById("run-name").textContent = result.data.name;
     document.title = result.data.name + " · Trainboard";
     form.elements.tags.value = result.data.tags.join(", ");

@@ -181,7 +181,8 @@ def client_factory(settings_factory: Callable[..., Settings]) -> Iterator[Callab
 
     def make_client(**overrides: Any) -> TestClient:
         DEFAULT_METRICS_CACHE.clear()  # run ids repeat across the tests' databases
-        client = TestClient(create_app(settings_factory(**overrides)))
+        # 127.0.0.1: a Host the app allows by default (ALLOWED_HOSTS), as a local browser sends it.
+        client = TestClient(create_app(settings_factory(**overrides)), base_url="http://127.0.0.1")
         client.__enter__()  # runs the lifespan: migrations, folders, watchdog
         clients.append(client)
         return client

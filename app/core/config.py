@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 FILESYSTEM_BROKER = "filesystem://"
+MIN_TOKEN_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -50,10 +51,50 @@ class Settings(BaseSettings):
     SSE_KEEPALIVE_S: float = Field(default=15.0, gt=0)
     DB_ECHO: bool = False
 
+    # --- Limits and access (README "Security"); every 422/413/429 they cause names the setting. ---
+    # Host headers the app answers (anything else: 400, so DNS rebinding fails). Empty: localhost,
+    # 127.0.0.1, ::1 and BIND_HOST. Comma-separated; "*" allows any, "*.example.com" a domain.
+    ALLOWED_HOSTS: str = ""
+    BIND_HOST: str = "127.0.0.1"  # set by `trainboard serve --host`
+    # Proxies whose X-Forwarded-For/-Proto are believed (e.g. "127.0.0.1" behind a local nginx).
+    # Unset: none, the client is the TCP peer.
+    FORWARDED_ALLOW_IPS: str | None = None
+    # Signs the login session cookies. Unset: random per process (a restart logs everyone out).
+    SESSION_SECRET: str | None = None
+    SESSION_MAX_AGE_S: int = Field(default=7 * 24 * 3600, ge=60)
+    # Wrong tokens (login form or bearer header) per client address per window, then 429.
+    AUTH_FAILURES_ALLOWED: int = Field(default=10, ge=1)
+    AUTH_FAILURE_WINDOW_S: float = Field(default=300.0, gt=0)
+    # The largest model the web process builds or queues, counted on torch's meta device.
+    MAX_MODEL_PARAMETERS: int = Field(default=50_000_000, ge=1)
+    # The widest conv block or hidden layer of the custom CNNs, and resnet18's largest upsample factor.
+    MAX_MODEL_WIDTH: int = Field(default=2048, ge=1)
+    MAX_UPSAMPLE: int = Field(default=8, ge=1)
+    # Request bodies, counted while they stream in (chunked ones too): 413 beyond.
+    MAX_REQUEST_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
+    MAX_UPLOAD_BYTES: int = Field(default=5 * 1024 * 1024, ge=1024)
+    # Live streams (SSE): per client address and in all (429 beyond); each ends after this long
+    # (EventSource reconnects), when its run ends, or when the client leaves.
+    SSE_MAX_STREAMS_PER_CLIENT: int = Field(default=8, ge=1)
+    SSE_MAX_STREAMS: int = Field(default=64, ge=1)
+    SSE_MAX_STREAM_S: float = Field(default=3600.0, gt=0)
+    # Visualisation files cached on disk per run (filters, activations, confusion): oldest go first.
+    MAX_CACHED_VISUALIZATIONS: int = Field(default=200, ge=1)
+
     @field_validator("TRAINBOARD_API_TOKEN")
     @classmethod
     def _empty_token_means_open(cls, value: str | None) -> str | None:
+        if value and len(value) < MIN_TOKEN_LENGTH:
+            # A short token can be guessed despite the rate limit: refuse to start with one.
+            raise ValueError(f"TRAINBOARD_API_TOKEN must be at least {MIN_TOKEN_LENGTH} characters "
+                             f"(e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')")
         return value or None
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        """ALLOWED_HOSTS as a list (lower case), or the local names and BIND_HOST."""
+        given = [host.strip().lower() for host in self.ALLOWED_HOSTS.split(",") if host.strip()]
+        return given or list(dict.fromkeys(["localhost", "127.0.0.1", "::1", self.BIND_HOST.lower()]))
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:

@@ -11,7 +11,7 @@ go.Figure's `.to_json()`) in a `<script type="application/json">` piped through 
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -20,8 +20,11 @@ from app.pages.errors import html_or_json_http_error
 from app.pages.templating import STATIC_DIR
 
 pages_router = APIRouter(include_in_schema=False)
-for _module in (assets, auth, launch, runs, compare, visualize, report):
+# The login page and plotly.js stay open; with a token set, every other page needs a login.
+for _module in (assets, auth):
     pages_router.include_router(_module.router)
+for _module in (launch, runs, compare, visualize, report):
+    pages_router.include_router(_module.router, dependencies=[Depends(auth.require_page_login)])
 
 
 def register_pages(app: FastAPI) -> None:

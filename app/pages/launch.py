@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from app.api.deps import SessionDep, SettingsDep
+from app.core.security import parse_id
 from app.pages.runs import get_run_or_404, not_found
 from app.pages.templating import render
 from app.services import catalog
@@ -191,8 +192,9 @@ def launch_page(request: Request, session: SessionDep, settings: SettingsDep,
                 clone: str | None = None, model: str | None = None) -> HTMLResponse:
     clone_of = None
     if clone:
-        if not clone.isdigit():
-            raise not_found(f"there is no run {clone!r} to clone")
-        clone_of = get_run_or_404(session, int(clone))
+        clone_id = parse_id(clone)
+        if clone_id is None:
+            raise not_found(f"there is no run {clone[:40]!r} to clone")
+        clone_of = get_run_or_404(session, clone_id)
     start = form_start(model=model, clone_of=clone_of)
     return render(request, "launch.html", launch_page_context(start, settings.MAX_SWEEP_RUNS), active="launch")

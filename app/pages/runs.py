@@ -21,6 +21,7 @@ from sqlmodel import Session
 from app.api.deps import SessionDep, SettingsDep
 from app.core.config import Settings
 from app.core.db import utcnow
+from app.core.security import MAX_OFFSET
 from app.models import TERMINAL_STATUSES, MetricPoint, Run, RunStatus
 from app.pages import charts
 from app.pages.templating import render
@@ -30,6 +31,7 @@ from app.services.errors import ServiceError
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
 PER_PAGE_CHOICES = (25, 50, 100, 200)
+MAX_PAGE = MAX_OFFSET // max(PER_PAGE_CHOICES)
 DEFAULT_PER_PAGE = 50
 LIVE_STATUSES = (RunStatus.queued, RunStatus.running)
 # Metrics of the final/best table, in the order the study reports them; others follow by name.
@@ -220,6 +222,8 @@ def list_page_context(session: Session, query: ListQuery) -> dict[str, Any]:
 @router.get("/", response_class=HTMLResponse)
 def runs_list_page(request: Request, session: SessionDep) -> HTMLResponse:
     query = ListQuery.from_params(request.query_params)
+    if query.page > MAX_PAGE:  # the offset would overflow the database's integers
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"page must be at most {MAX_PAGE}")
     context = list_page_context(session, query)
     if query.page > context["pagination"].pages:  # past the end (e.g. after deleting): show the last page
         query = dataclasses.replace(query, page=context["pagination"].pages)

@@ -11,7 +11,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from app.services.errors import InvalidInput, NotFound
+from app.services.errors import InvalidInput, Loc, NotFound
 
 
 def _spec(name: str) -> Any:
@@ -30,11 +30,58 @@ def _options_key(options: dict[str, Any] | None) -> str:
 
 @lru_cache(maxsize=256)
 def _build_counts(name: str, options_key: str) -> tuple[int, int]:
+    import torch
+
     from ml.models import build_model, count_parameters
 
+    # On the meta device, tensors have shapes but no memory: counting a huge model costs nothing.
     # No ImageNet weights needed to count; upsampling does not change the counts either.
-    model = build_model(name, json.loads(options_key), pretrained=False)
+    with torch.device("meta"):
+        model = build_model(name, json.loads(options_key), pretrained=False)
     return count_parameters(model), count_parameters(model, trainable_only=True)
+
+
+# More hidden layers than this is no image classifier of this study's kind, and slow to build.
+MAX_HIDDEN_LAYERS = 16
+
+
+def _size_problems(options: dict[str, Any], settings: Any) -> list[tuple[Loc, str]]:
+    """Widths and upsampling past the settings' limits, checked before anything is built."""
+    problems: list[tuple[Loc, str]] = []
+    for key in ("filters", "hidden"):
+        widths = options.get(key)
+        if isinstance(widths, list) and any(isinstance(w, int) and w > settings.MAX_MODEL_WIDTH for w in widths):
+            problems.append(((key,), f"each width must be at most {settings.MAX_MODEL_WIDTH} (MAX_MODEL_WIDTH)"))
+    hidden = options.get("hidden")
+    if isinstance(hidden, list) and len(hidden) > MAX_HIDDEN_LAYERS:
+        problems.append((("hidden",), f"at most {MAX_HIDDEN_LAYERS} hidden layers"))
+    upsample = options.get("upsample")
+    if isinstance(upsample, int) and upsample > settings.MAX_UPSAMPLE:
+        problems.append((("upsample",), f"must be at most {settings.MAX_UPSAMPLE} (MAX_UPSAMPLE)"))
+    return problems
+
+
+def checked_parameter_counts(name: str, options: dict[str, Any], *, settings: Any,
+                             loc: Loc = ("model_options",)) -> tuple[int, int]:
+    """parameter_counts within the settings' limits; InvalidInput (at `loc` + the option) otherwise.
+
+    The model is counted on torch's meta device and must have at most MAX_MODEL_PARAMETERS.
+    """
+    from ml.config import ConfigError
+
+    problems = _size_problems(options, settings)
+    if problems:
+        raise InvalidInput([((*loc, *where), message) for where, message in problems])
+    try:
+        total, trainable = parameter_counts(name, options)
+    except ConfigError as err:
+        raise InvalidInput([((*loc, field), message) for field, message in err.errors.items()]) from None
+    except (TypeError, ValueError, OverflowError, RuntimeError) as err:  # e.g. text where a number belongs
+        raise InvalidInput([(loc, f"invalid model options: {err}"[:300])]) from None
+    if total > settings.MAX_MODEL_PARAMETERS:
+        raise InvalidInput([(loc, f"the model has {total:,} parameters; at most {settings.MAX_MODEL_PARAMETERS:,} "
+                                  "are allowed (MAX_MODEL_PARAMETERS)")])
+    return total, trainable
 
 
 def parameter_counts(name: str, options: dict[str, Any] | None = None) -> tuple[int, int]:
@@ -43,14 +90,10 @@ def parameter_counts(name: str, options: dict[str, Any] | None = None) -> tuple[
     return _build_counts(name, _options_key(options))
 
 
-def parameter_counts_for_request(name: str, options: dict[str, Any]) -> tuple[int, int]:
+def parameter_counts_for_request(name: str, options: dict[str, Any], *, settings: Any) -> tuple[int, int]:
     """parameter_counts for a request body {"model_options": …}: bad options are a 422 at their field."""
-    from ml.config import ConfigError
-
-    try:
-        return parameter_counts(name, options)
-    except ConfigError as err:
-        raise InvalidInput([(("model_options", field), message) for field, message in err.errors.items()]) from None
+    _spec(name)
+    return checked_parameter_counts(name, options, settings=settings)
 
 
 @lru_cache(maxsize=64)

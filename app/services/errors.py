@@ -30,6 +30,10 @@ class BrokerUnavailable(ServiceError):
     """503: the task could not be handed to the broker; nothing was queued."""
 
 
+class TooManyRequests(ServiceError):
+    """429: a limit on concurrent use was reached (e.g. live streams); retry later."""
+
+
 class InvalidInput(ServiceError):
     """422 with field-level messages, in FastAPI's format.
 

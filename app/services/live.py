@@ -11,12 +11,18 @@ across the sleeps. Events:
 - event:    one history row {"id", "time", "kind", "message"}
 - end:      {"status"} once the run is finished (or {"status": null} if it was deleted); then the stream closes
 A comment line (": keep-alive") goes out when nothing else did for a while.
+
+Streams are limited (StreamSlots, SSE_MAX_STREAMS_PER_CLIENT and SSE_MAX_STREAMS) and each ends
+after SSE_MAX_STREAM_S, so a stream on a run that stays queued does not live for ever. Between
+polls a stream holds neither a thread nor a database connection.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +32,7 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session
 
 from app.models import TERMINAL_STATUSES, Run, RunEvent
+from app.services.errors import TooManyRequests
 from app.services.metrics import read_new_points
 
 STATUS_FIELDS = ("status", "cancel_requested", "started_at", "finished_at", "error", "worker_host",
@@ -80,14 +87,17 @@ def _jsonable(value: Any) -> Any:
 
 async def run_event_stream(*, engine: Engine, run_id: int, after_point_id: int = 0,
                            poll_interval_s: float = 0.75, keepalive_s: float = 15.0,
-                           is_disconnected: Callable[[], Any] | None = None) -> AsyncIterator[str]:
-    """Yield SSE messages for run `run_id` until it finishes (see the module docstring)."""
+                           is_disconnected: Callable[[], Any] | None = None,
+                           max_duration_s: float | None = None) -> AsyncIterator[str]:
+    """Yield SSE messages for run `run_id` until it finishes, the client leaves or max_duration_s passes."""
     last_status: dict[str, Any] | None = None
     last_progress: dict[str, Any] | None = None
     last_event_id = 0
-    last_sent = time.monotonic()
+    last_sent = started = time.monotonic()
     yield "retry: 3000\n\n"
     while True:
+        if max_duration_s is not None and time.monotonic() - started > max_duration_s:
+            return  # the browser's EventSource reconnects, and takes a slot again
         poll = await anyio.to_thread.run_sync(_poll, engine, run_id, after_point_id, last_event_id)
         if poll.run_missing:
             yield sse_message("end", {"status": None, "reason": "run not found"})
@@ -120,3 +130,38 @@ async def run_event_stream(*, engine: Engine, run_id: int, after_point_id: int =
             return
         if not poll.more_points:
             await anyio.sleep(poll_interval_s)
+
+
+class StreamSlots:
+    """Counts open live streams per client address and in all; acquire() raises TooManyRequests (429) past a limit."""
+
+    def __init__(self, per_client: int, total: int) -> None:
+        self.per_client, self.total = per_client, total
+        self._open: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def acquire(self, client: str) -> Callable[[], None]:
+        """Take a slot for `client`; returns the function that gives it back (call it once)."""
+        with self._lock:
+            if sum(self._open.values()) >= self.total:
+                raise TooManyRequests(f"the server already serves {self.total} live streams (SSE_MAX_STREAMS)")
+            if self._open[client] >= self.per_client:
+                raise TooManyRequests(f"this address already has {self.per_client} live streams open "
+                                "(SSE_MAX_STREAMS_PER_CLIENT); close a tab")
+            self._open[client] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._lock:
+                if not released:
+                    released = True
+                    self._open[client] -= 1
+                    if self._open[client] <= 0:
+                        del self._open[client]
+        return release
+
+    def count(self, client: str | None = None) -> int:
+        with self._lock:
+            return self._open[client] if client is not None else sum(self._open.values())
+

@@ -36,7 +36,8 @@ def resolve_run_config(run_in: RunCreate, *, settings: Settings, loc: Loc = ()) 
     dataset = _resolve_dataset(run_in, settings, errors, loc)
     parameters = 0
     if not any(err_loc[len(loc):][:2] == ("hyperparameters", "model_options") for err_loc, _ in errors):
-        parameters = _count_parameters(run_in.model, hyperparameters.get("model_options") or {}, errors, loc)
+        parameters = _count_parameters(run_in.model, hyperparameters.get("model_options") or {}, settings,
+                                       errors, loc)
     if errors:
         raise InvalidInput(errors)
     return ResolvedRun(run_in.model, dataset, hyperparameters, parameters)
@@ -52,17 +53,14 @@ def _resolve_hyperparameters(run_in: RunCreate, errors: list[tuple[Loc, str]], l
     return merged
 
 
-def _count_parameters(model: str, options: dict[str, Any], errors: list[tuple[Loc, str]], loc: Loc) -> int:
-    """Build the model to count its parameters; bad model_options become field errors."""
-    from ml.config import ConfigError
-
-    where = (*loc, "hyperparameters", "model_options")
+def _count_parameters(model: str, options: dict[str, Any], settings: Settings,
+                      errors: list[tuple[Loc, str]], loc: Loc) -> int:
+    """Count the model's parameters on the meta device; bad or too large model_options become field errors."""
     try:
-        return catalog.parameter_counts(model, options)[0]
-    except ConfigError as err:
-        errors.extend(((*where, key), message) for key, message in err.errors.items())
-    except (TypeError, ValueError) as err:  # e.g. a string where a number belongs
-        errors.append((where, f"invalid model options: {err}"))
+        return catalog.checked_parameter_counts(model, options, settings=settings,
+                                                loc=(*loc, "hyperparameters", "model_options"))[0]
+    except InvalidInput as err:
+        errors.extend(err.errors)
     return 0
 
 

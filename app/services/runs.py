@@ -24,6 +24,7 @@ from sqlmodel import Session
 
 from app.core.config import Settings, get_settings
 from app.core.db import begin_write, is_sqlite, utcnow
+from app.core.security import id_exists_in_range
 from app.models import (
     TERMINAL_STATUSES,
     HyperparametersIn,
@@ -84,8 +85,8 @@ MAX_COMPARE = 50
 # ---------------------------------------------------------------- reading ---
 
 def get_run(*, session: Session, run_id: int) -> Run:
-    """The run, or NotFound."""
-    run = session.get(Run, run_id)
+    """The run, or NotFound (also for an id the id column cannot hold, which the driver would refuse)."""
+    run = session.get(Run, run_id) if id_exists_in_range(run_id) else None
     if run is None:
         raise NotFound(f"run {run_id} not found")
     return run
@@ -300,14 +301,20 @@ def _abort(session: Session, error: Exception) -> NoReturn:
 
 
 def update_run(*, session: Session, run_id: int, run_update: RunUpdate) -> Run:
-    """Edit name, tags and notes (the fields given)."""
+    """Edit name, tags and notes (the fields given). With `version`, Conflict unless the run is still at it."""
     begin_write(session)
-    run = session.get(Run, run_id, populate_existing=True)
+    run = session.get(Run, run_id, with_for_update=True, populate_existing=True)
     if run is None:
         _abort(session, NotFound(f"run {run_id} not found"))
-    for key, value in run_update.model_dump(exclude_unset=True).items():
+    changes = run_update.model_dump(exclude_unset=True)
+    based_on = changes.pop("version", None)
+    if based_on is not None and based_on != run.version:
+        _abort(session, Conflict(f"run {run_id} was edited meanwhile (version {run.version}, this edit is based "
+                                 f"on version {based_on}); reload it and edit again"))
+    for key, value in changes.items():
         if value is not None:
             setattr(run, key, value)
+    run.version += 1
     session.commit()
     session.refresh(run)
     return run
@@ -387,7 +394,8 @@ def compare_runs(*, session: Session, run_ids: Sequence[int]) -> dict[str, Any]:
         raise InvalidInput([(("ids",), "give at least one run id")])
     if len(run_ids) > MAX_COMPARE:
         raise InvalidInput([(("ids",), f"compare at most {MAX_COMPARE} runs")])
-    found = {run.id: run for run in session.scalars(select(Run).where(Run.id.in_(list(run_ids)))).all()}
+    queried = [run_id for run_id in run_ids if id_exists_in_range(run_id)]
+    found = {run.id: run for run in session.scalars(select(Run).where(Run.id.in_(queried))).all()}
     missing = [run_id for run_id in run_ids if run_id not in found]
     if missing:
         raise NotFound(f"runs not found: {', '.join(map(str, missing))}")

@@ -255,7 +255,20 @@ def _cached(ref: CheckpointRef, settings: Settings, name: str, compute: Callable
         data = compute()
         _write_atomically(path, data)  # before the lock goes, so that a waiting request finds it
     _remove_stale_folders(path.parent)
+    _keep_newest_files(path.parent, settings.MAX_CACHED_VISUALIZATIONS)
     return data
+
+
+def _keep_newest_files(folder: Path, max_files: int) -> None:
+    """At most MAX_CACHED_VISUALIZATIONS files per run: one per test image would fill the disk."""
+    try:
+        files = [(entry.stat().st_mtime_ns, entry) for entry in folder.iterdir() if entry.is_file()]
+    except OSError:
+        return
+    if len(files) <= max_files:
+        return
+    for _mtime, old in sorted(files, key=lambda item: item[0])[:len(files) - max_files]:
+        old.unlink(missing_ok=True)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.models import Run, RunStatus
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-0123456789"
 
 MUTATIONS = [
     ("POST", "/api/runs", {"model": "task1"}),
@@ -44,7 +44,8 @@ def test_auth_mutation_without_token_401(token_client: TestClient, make_run: Cal
     assert wrong.status_code == 401
     basic = _call(token_client, method, path, body, run_id, headers={"Authorization": f"Basic {TOKEN}"})
     assert basic.status_code == 401
-    assert token_client.get(f"/api/runs/{run_id}").json()["name"] == "run"  # nothing changed
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    assert token_client.get(f"/api/runs/{run_id}", headers=bearer).json()["name"] == "run"  # nothing changed
 
 
 @pytest.mark.parametrize("method, path, body", MUTATIONS)
@@ -54,23 +55,26 @@ def test_auth_mutation_with_bearer_token_passes(token_client: TestClient, make_r
     assert response.status_code in (200, 201, 202, 204), response.text
 
 
-def test_auth_cookie_token_passes(token_client: TestClient) -> None:
-    token_client.cookies.set("trainboard_token", TOKEN)
-    token_client.cookies.set("trainboard_csrf", "csrf-value")  # cookie auth needs the CSRF echo
-    try:
-        assert token_client.post("/api/runs", json={"model": "task1"},
-                                 headers={"X-CSRF-Token": "csrf-value"}).status_code == 201
-    finally:
-        token_client.cookies.clear()
-    token_client.cookies.set("trainboard_token", "wrong")
+def test_auth_session_cookie_passes(token_client: TestClient) -> None:
+    token_client.post("/login", data={"token": TOKEN})
+    csrf = token_client.cookies["trainboard_csrf"]  # cookie auth needs the CSRF echo
+    assert token_client.post("/api/runs", json={"model": "task1"}, headers={"X-CSRF-Token": csrf}).status_code == 201
+    token_client.cookies.clear()
+    token_client.cookies.set("trainboard_token", TOKEN)  # the raw token in a cookie is no session
+    token_client.cookies.set("trainboard_session", TOKEN)
     assert token_client.post("/api/runs", json={"model": "task1"}).status_code == 401
 
 
-def test_auth_reads_stay_open(token_client: TestClient, make_run: Callable[..., Run]) -> None:
+def test_auth_reads_need_the_token_too(token_client: TestClient, make_run: Callable[..., Run]) -> None:
     run_id = make_run().id
-    for path in ("/api/health", "/api/models", "/api/runs", f"/api/runs/{run_id}", f"/api/runs/{run_id}/metrics",
-                 f"/api/runs/{run_id}/history", f"/api/compare?ids={run_id}"):
-        assert token_client.get(path).status_code == 200, path
+    assert token_client.get("/api/health").status_code == 200  # the one open endpoint
+    for path in ("/api/models", "/api/runs", f"/api/runs/{run_id}", f"/api/runs/{run_id}/metrics",
+                 f"/api/runs/{run_id}/history", f"/api/compare?ids={run_id}",
+                 f"/api/runs/{run_id}/checkpoint", f"/api/runs/{run_id}/visualize/confusion"):
+        assert token_client.get(path).status_code == 401, path
+        response = token_client.get(path, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status_code not in (401, 403), path
+    assert token_client.get(f"/api/runs/{run_id}/events").status_code == 401  # the live stream too
 
 
 def test_auth_open_when_no_token_configured(client: TestClient) -> None:

@@ -21,14 +21,14 @@ def test_settings_defaults_derive_from_data_dir(tmp_path: Path) -> None:
 
 def test_settings_read_environment_and_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env_file = tmp_path / "custom.env"
-    env_file.write_text("TRAINBOARD_API_TOKEN=from-file\nHEARTBEAT_TIMEOUT_S=5\n")
+    env_file.write_text("TRAINBOARD_API_TOKEN=from-file-0123456789\nHEARTBEAT_TIMEOUT_S=5\n")
     monkeypatch.setenv("TRAINBOARD_ENV_FILE", str(env_file))
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "d"))
     monkeypatch.setenv("HEARTBEAT_TIMEOUT_S", "7")  # the environment wins over the file
     get_settings.cache_clear()
     try:
         settings = get_settings()
-        assert settings.TRAINBOARD_API_TOKEN == "from-file"
+        assert settings.TRAINBOARD_API_TOKEN == "from-file-0123456789"
         assert settings.HEARTBEAT_TIMEOUT_S == 7
         assert settings.DATA_DIR == tmp_path / "d"
         assert get_settings() is settings  # cached

@@ -130,5 +130,5 @@ def html() -> SimpleNamespace:
 
 @pytest.fixture
 def token_client(client_factory: Callable[..., Any]) -> Any:
-    """A client of an app that needs TRAINBOARD_API_TOKEN="page-token"."""
-    return client_factory(TRAINBOARD_API_TOKEN="page-token")
+    """A client of an app that needs TRAINBOARD_API_TOKEN="page-token-0123456789"."""
+    return client_factory(TRAINBOARD_API_TOKEN="page-token-0123456789")

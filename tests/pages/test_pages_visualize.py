@@ -242,7 +242,7 @@ def test_upload_without_a_file_is_refused(client: Any, run_with_checkpoint: Run)
 
 
 def test_upload_needs_the_token_when_one_is_set(client_factory: Callable[..., Any], trained: dict[str, Any]) -> None:
-    client = client_factory(TRAINBOARD_API_TOKEN="secret")
+    client = client_factory(TRAINBOARD_API_TOKEN="secret-token-0123456789")
     run = insert_run(client)
     assert upload(client, run, png_bytes()).status_code == 401
 

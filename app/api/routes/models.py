@@ -1,5 +1,6 @@
 from fastapi import APIRouter
 
+from app.api.deps import SettingsDep
 from app.models import LayerRow, ModelInfo, ModelOptionsIn, ParameterCount
 from app.services import catalog
 
@@ -19,7 +20,8 @@ def model_layers(name: str) -> list[LayerRow]:
 
 
 @router.post("/{name}/parameters", response_model=ParameterCount)
-def count_parameters(name: str, options_in: ModelOptionsIn) -> ParameterCount:
-    """Parameter counts of the model built with these options (422 names a bad option). Changes nothing."""
-    total, trainable = catalog.parameter_counts_for_request(name, options_in.model_options)
+def count_parameters(name: str, options_in: ModelOptionsIn, settings: SettingsDep) -> ParameterCount:
+    """Parameter counts of the model built with these options (422 names a bad option, or a model
+    past MAX_MODEL_PARAMETERS). Counted on torch's meta device: nothing is allocated, nothing changes."""
+    total, trainable = catalog.parameter_counts_for_request(name, options_in.model_options, settings=settings)
     return ParameterCount(parameters=total, trainable_parameters=trainable)

@@ -11,15 +11,13 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from app.api.deps import SessionDep, SettingsDep, TokenDep
+from app.api.deps import RunIdDep, SessionDep, SettingsDep, TokenDep
 from app.services import visualize
 from app.services.visualize import ActivationsPublic, ConfusionPublic, UploadRejected, VisualizeInfo
 
 router = APIRouter(prefix="/runs/{run_id}/visualize", tags=["visualize"])
 
 PNG_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "A PNG image"}}
-# Room for the multipart envelope around a file of MAX_UPLOAD_BYTES.
-MULTIPART_OVERHEAD_BYTES = 64 * 1024
 UPLOAD_FIELD = "file"
 UPLOAD_BODY_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": [UPLOAD_FIELD],
@@ -37,19 +35,19 @@ def _png(data: bytes) -> Response:
 
 
 @router.get("", response_model=VisualizeInfo)
-def visualize_info(run_id: int, session: SessionDep, settings: SettingsDep) -> VisualizeInfo:
+def visualize_info(run_id: RunIdDep, session: SessionDep, settings: SettingsDep) -> VisualizeInfo:
     """Classes and test images per class of the run's dataset, and the layers the figures show."""
     return visualize.info(session=session, run_id=run_id, settings=settings)
 
 
 @router.get("/filters.png", response_class=Response, responses=PNG_RESPONSE)
-def filters_png(run_id: int, session: SessionDep, settings: SettingsDep) -> Response:
+def filters_png(run_id: RunIdDep, session: SessionDep, settings: SettingsDep) -> Response:
     """The first conv layer's filters as an RGB grid (the study's fig 3.7)."""
     return _png(visualize.filter_grid_png(session=session, run_id=run_id, settings=settings))
 
 
 @router.get("/activations", response_model=ActivationsPublic)
-def test_image_activations(run_id: int, class_name: ClassQuery, index: IndexQuery, session: SessionDep,
+def test_image_activations(run_id: RunIdDep, class_name: ClassQuery, index: IndexQuery, session: SessionDep,
                            settings: SettingsDep) -> ActivationsPublic:
     """One test image, its first- and last-layer feature maps (figs 3.4–3.6) and the prediction."""
     return visualize.test_image_activations(session=session, run_id=run_id, settings=settings,
@@ -57,7 +55,7 @@ def test_image_activations(run_id: int, class_name: ClassQuery, index: IndexQuer
 
 
 @router.get("/activations/{layer}.png", response_class=Response, responses=PNG_RESPONSE)
-def test_image_activation_png(run_id: int, layer: Literal["input", "first", "last"], class_name: ClassQuery,
+def test_image_activation_png(run_id: RunIdDep, layer: Literal["input", "first", "last"], class_name: ClassQuery,
                               index: IndexQuery, session: SessionDep, settings: SettingsDep) -> Response:
     """One image of GET /activations as a PNG: the input, or the first or last layer's grid."""
     result = visualize.test_image_activations(session=session, run_id=run_id, settings=settings,
@@ -69,10 +67,10 @@ def test_image_activation_png(run_id: int, layer: Literal["input", "first", "las
              openapi_extra=UPLOAD_BODY_DOC,
              responses={413: {"description": "Larger than 5 MB"}, 415: {"description": "Not PNG, JPEG or WebP"},
                         422: {"description": "Truncated, corrupt, or too many pixels"}})
-async def upload_image_activations(run_id: int, request: Request, session: SessionDep,
+async def upload_image_activations(run_id: RunIdDep, request: Request, session: SessionDep,
                                    settings: SettingsDep) -> ActivationsPublic:
     """An uploaded image's feature maps and prediction; the image is used in memory and never stored."""
-    data = await _read_upload(request)
+    data = await _read_upload(request, settings.MAX_UPLOAD_BYTES)
     try:
         return await run_in_threadpool(visualize.upload_activations, session=session, run_id=run_id,
                                        settings=settings, data=data)
@@ -80,27 +78,26 @@ async def upload_image_activations(run_id: int, request: Request, session: Sessi
         raise HTTPException(status_code=err.status_code, detail=str(err)) from None
 
 
-async def _read_upload(request: Request) -> bytes:
-    """At most MAX_UPLOAD_BYTES + 1 bytes of the form's file; a declared larger body is refused unread."""
-    from ml.visualize import MAX_UPLOAD_BYTES
-
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                            detail="The file is larger than 5 MB; upload a smaller PNG, JPEG or WebP image.")
+async def _read_upload(request: Request, max_bytes: int) -> bytes:
+    """The form's file, at most `max_bytes` (MAX_UPLOAD_BYTES). The app's body limit already
+    stopped a larger body while it streamed in (413), declared or chunked."""
     form = await request.form(max_files=1, max_fields=1)
     try:
         upload = form.get(UPLOAD_FIELD)
         if not isinstance(upload, UploadFile):
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                                 detail=f"Choose an image to upload (multipart field {UPLOAD_FIELD!r}).")
-        # One byte more than allowed is enough to know the file is too large.
-        return await upload.read(MAX_UPLOAD_BYTES + 1)
+        data = await upload.read(max_bytes + 1)  # one byte more than allowed tells it is too large
     finally:
         await form.close()
+    if len(data) > max_bytes:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
+                            detail=f"The file is larger than {max_bytes} bytes (MAX_UPLOAD_BYTES); "
+                                   "upload a smaller PNG, JPEG or WebP image.")
+    return data
 
 
 @router.get("/confusion", response_model=ConfusionPublic)
-def confusion(run_id: int, session: SessionDep, settings: SettingsDep) -> ConfusionPublic:
+def confusion(run_id: RunIdDep, session: SessionDep, settings: SettingsDep) -> ConfusionPublic:
     """Confusion matrix and per-class accuracy over the run's test split, with their Plotly figures."""
     return visualize.confusion(session=session, run_id=run_id, settings=settings)
