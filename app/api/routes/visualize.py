@@ -92,7 +92,7 @@ async def _read_upload(request: Request, max_bytes: int) -> bytes:
         await form.close()
     if len(data) > max_bytes:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
-                            detail=f"The file is larger than {max_bytes} bytes (MAX_UPLOAD_BYTES); "
+                            detail=f"The file is larger than {max_bytes / 2**20:g} MB (MAX_UPLOAD_BYTES); "
                                    "upload a smaller PNG, JPEG or WebP image.")
     return data
 
