@@ -100,7 +100,7 @@ class BoundedStrictBody:
         if declared.isascii() and declared.isdigit() and int(declared) > limit:
             await too_large(scope, receive, send)
             return
-        if headers.get(b"content-type", b"").split(b";")[0].strip().lower() == b"application/json":
+        if _may_be_parsed_as_json(headers.get(b"content-type", b"")):
             await self._json(scope, receive, send, limit, too_large)
             return
         await self._counted(scope, receive, send, limit, too_large)
@@ -158,6 +158,13 @@ class BoundedStrictBody:
                 raise
             if not started:
                 await too_large(scope, receive, send)
+
+
+def _may_be_parsed_as_json(content_type: bytes) -> bool:
+    """What FastAPI reads as JSON: application/json, application/*+json, and (older FastAPI) no type."""
+    media_type = content_type.split(b";")[0].strip().lower()
+    return media_type in (b"", b"application/json") or (
+        media_type.startswith(b"application/") and media_type.endswith(b"+json"))
 
 
 def _caused_by_too_large(err: BaseException | None) -> bool:

@@ -40,6 +40,14 @@ def test_run_create_non_finite_lr_is_422(client: TestClient, literal: str) -> No
     assert "finite number" in response.json()["detail"][0]["msg"]
 
 
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/merge-patch+json", None])
+def test_non_finite_number_is_422_whatever_json_content_type(client: TestClient, content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post("/api/models/custom/parameters", content=b'{"model_options": {"dropout": NaN}}',
+                           headers=headers)
+    assert response.status_code == 422
+
+
 def test_nan_in_model_options_is_never_stored_so_sorting_works(client: TestClient,
                                                                make_run: Callable[..., Run]) -> None:
     make_run(hyperparameters={"lr": 0.1})
