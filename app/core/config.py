@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     SSE_MAX_STREAM_S: float = Field(default=3600.0, gt=0)
     # Visualisation files cached on disk per run (filters, activations, confusion): oldest go first.
     MAX_CACHED_VISUALIZATIONS: int = Field(default=200, ge=1)
+    # Visualisation requests computing at once (model loads and forward passes in the web process); 429 beyond.
+    VISUALIZE_MAX_CONCURRENT: int = Field(default=8, ge=1)
 
     @field_validator("TRAINBOARD_API_TOKEN")
     @classmethod

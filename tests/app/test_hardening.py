@@ -312,6 +312,19 @@ def test_patch_with_a_stale_version_is_409(client: TestClient, make_run: Callabl
 
 # ----------------------------------------------------------- visualisations ---
 
+def test_visualize_past_the_concurrency_limit_is_429(client_factory: Callable[..., TestClient],
+                                                     make_run: Callable[..., Run]) -> None:
+    client = client_factory(VISUALIZE_MAX_CONCURRENT=1)
+    run_id = make_run(status=RunStatus.succeeded).id
+    assert client.get(f"/api/runs/{run_id}/visualize/confusion").status_code == 409  # no checkpoint; slot freed
+    assert client.get(f"/api/runs/{run_id}/visualize/confusion").status_code == 409
+    slots = client.app.state.visualize_slots  # type: ignore[attr-defined]
+    assert slots.acquire(blocking=False)  # one visualisation computing
+    response = client.get(f"/api/runs/{run_id}/visualize/confusion")
+    assert response.status_code == 429 and "VISUALIZE_MAX_CONCURRENT" in response.text
+    slots.release()
+
+
 def test_visualization_cache_keeps_the_newest_files(tmp_path: Path) -> None:
     for index in range(5):
         path = tmp_path / f"activations-{index}.json"

@@ -5,9 +5,11 @@ run_in_threadpool for the upload), so a forward pass never blocks the event
 loop. 409 while the run has no checkpoint yet, 404 for an unknown run.
 """
 
+import threading
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -15,7 +17,30 @@ from app.api.deps import RunIdDep, SessionDep, SettingsDep, TokenDep
 from app.services import visualize
 from app.services.visualize import ActivationsPublic, ConfusionPublic, UploadRejected, VisualizeInfo
 
-router = APIRouter(prefix="/runs/{run_id}/visualize", tags=["visualize"])
+
+
+def _work_slots(request: Request) -> threading.BoundedSemaphore:
+    state = request.app.state
+    if getattr(state, "visualize_slots", None) is None:
+        state.visualize_slots = threading.BoundedSemaphore(state.settings.VISUALIZE_MAX_CONCURRENT)
+    return state.visualize_slots
+
+
+async def visualize_slot(request: Request) -> AsyncIterator[None]:
+    """429 past VISUALIZE_MAX_CONCURRENT requests at once: forward passes and model loads run in the
+    web process's thread pool, which the pages need too; waiting requests would starve it."""
+    slots = _work_slots(request)
+    if not slots.acquire(blocking=False):
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": "2"},
+                            detail="the server is busy with other visualisations (VISUALIZE_MAX_CONCURRENT); "
+                                   "try again in a moment")
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+router = APIRouter(prefix="/runs/{run_id}/visualize", tags=["visualize"], dependencies=[Depends(visualize_slot)])
 
 PNG_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "A PNG image"}}
 UPLOAD_FIELD = "file"
