@@ -61,7 +61,8 @@ def test_nan_in_model_options_is_never_stored_so_sorting_works(client: TestClien
     assert client.get("/?sort=lr").status_code == 200
 
 
-@pytest.mark.parametrize("query", ["limit=NaN", "limit=inf", "offset=-Infinity", "offset=1e20"])
+@pytest.mark.parametrize("query", ["limit=NaN", "limit=inf", "offset=-Infinity", "offset=1e20",
+                                   f"offset={HUGE_ID}", "offset=1000000001", "limit=100000000000000000000"])
 def test_run_list_non_finite_query_is_422(client: TestClient, query: str) -> None:
     assert client.get(f"/api/runs?{query}").status_code == 422
 
@@ -103,6 +104,7 @@ def test_run_page_id_past_int64_is_404(client: TestClient) -> None:
 def test_compare_ids_past_int64_is_404(client: TestClient, make_run: Callable[..., Run]) -> None:
     run_id = make_run().id
     assert client.get(f"/api/compare?ids={run_id},{HUGE_ID}").status_code == 404
+    assert client.get(f"/api/compare?ids={HUGE_ID}").status_code == 404
     assert client.get(f"/compare?ids={HUGE_ID}").status_code == 404
     assert client.get("/api/compare?ids=%C2%B2").status_code == 422
 
@@ -254,6 +256,23 @@ def test_stream_of_a_queued_run_ends_after_its_maximum_duration(engine: Any, mak
     messages = asyncio.run(collect())
     assert any(m.startswith(": keep-alive") for m in messages)  # keep-alives while nothing happens
     assert not any("event: end" in m for m in messages)  # it ended by time, the run is still queued
+
+
+def test_stream_ends_when_the_client_leaves(engine: Any, make_run: Callable[..., Run]) -> None:
+    run_id = make_run(status=RunStatus.running).id
+    polls = 0
+
+    async def gone() -> bool:
+        nonlocal polls
+        polls += 1
+        return polls >= 3
+
+    async def collect() -> list[str]:
+        return [message async for message in run_event_stream(
+            engine=engine, run_id=run_id, poll_interval_s=0.01, is_disconnected=gone, max_duration_s=60)]
+
+    messages = asyncio.run(collect())
+    assert polls == 3 and not any("event: end" in m for m in messages)
 
 
 # ------------------------------------------------------------------- hosts ---
