@@ -1,11 +1,12 @@
 from fastapi import APIRouter
 
-from app.api.routes import compare, health, models, runs, sweeps, visualize
+from app.api.routes import compare, health, models, runs, study, sweeps, visualize
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(models.router)
 api_router.include_router(runs.router)
 api_router.include_router(sweeps.router)
+api_router.include_router(study.router)
 api_router.include_router(compare.router)
 api_router.include_router(visualize.router)
