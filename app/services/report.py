@@ -245,7 +245,7 @@ def seed_study(session: Session, dataset: str | None = None) -> SeedStudy:
     not_comparable = []
     for run in recent:
         reasons = list(mismatches[run.id])
-        if dataset_label(run.dataset) != chosen:
+        if chosen is not None and dataset_label(run.dataset) != chosen:
             reasons.insert(0, f"another data set: {dataset_label(run.dataset)}")
         seed = run.hyperparameters.get("seed", 0)
         earlier = counted[run.model].get(seed)

@@ -112,10 +112,16 @@ def test_seed_study_counts_only_comparable_runs(session: Session, make_run: Call
     assert [len(result.runs) for result in jpeg.results] == [0, 1, 0, 0]
 
 
-def test_seed_study_without_runs_is_empty(session: Session) -> None:
+def test_seed_study_without_comparable_runs_is_empty(session: Session, make_run: Callable[..., Run]) -> None:
     study = report.seed_study(session)
     assert study.dataset is None and study.not_comparable == []
     assert all(not result.runs and result.summaries["test/acc"].n == 0 for result in study.results)
+    subset = _succeeded(make_run, "task1", 0, 0.5, dataset={"kind": "cifar10", "limit_train": 100})
+    session.rollback()  # a new snapshot, as the next request's session would have
+    study = report.seed_study(session)
+    assert study.dataset is None  # no data set to speak of: the only reason is the subset
+    assert [(item.run.id, item.reasons) for item in study.not_comparable] == [
+        (subset.id, ["trained on at most 100 images, not the full training set"])]
 
 
 def test_study_then_report_counts_the_group_once_it_succeeds(client: TestClient, tmp_path: Path) -> None:
