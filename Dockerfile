@@ -2,7 +2,10 @@
 #
 # The default torch wheels from PyPI carry CUDA, for the GPU worker. For a
 # smaller CPU-only image:  docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
-FROM python:3.11-slim
+# BASE_IMAGE replaces python:3.11-slim where Docker Hub is out of reach (any Debian-like image whose
+# `python`/`pip` on PATH are Python 3.11+).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ARG TORCH_INDEX_URL=""
 ARG TORCH_PINS="torch==2.14.1 torchvision==0.29.1"

@@ -217,6 +217,21 @@ class SweepCreate(SQLModel):
         return self
 
 
+class StudyCreate(SQLModel):
+    """POST /api/study: the study's presets, each trained with N seeds, as one group on one dataset."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    dataset: DatasetIn = Field(default_factory=DatasetIn)  # type: ignore[valid-type]
+    presets: list[str] | None = Field(default=None, description="Study presets; all of them when left out")
+    seeds: int = Field(default=3, ge=1, le=20, description="Runs per preset, with seeds first_seed, first_seed+1, …")
+    first_seed: int = Field(default=0, ge=0, le=2**31 - 100)
+
+
+class StudyPublic(RunsPublic):
+    group: str = Field(description='The tag every run of the study carries, e.g. "study:3fa2c1"')
+
+
 # -------------------------------------------------------------------- metrics ---
 
 class MetricPoint(SQLModel, table=True):

@@ -1,6 +1,7 @@
 // The comparison page: the server's figure holds every run's every series (one trace each, with
 // its step and wall-time columns in trace.meta); this switches the metric, the x axis and the EMA
-// smoothing, and shows or hides runs (checkboxes, or a click on the legend).
+// smoothing, and shows or hides runs (checkboxes, or a click on the legend). Grouped by a setting,
+// the figure holds each group's mean and band per metric instead, and only the metric switches.
 "use strict";
 
 (function () {
@@ -10,12 +11,34 @@
   if (!chart || !TBCharts.draw(chart)) return;
 
   const metricSelect = document.getElementById("curve-metric");
+  const X_TITLES = { epoch: "epoch", step: "step", time: "wall time (s)" };
+  const WORDS = { acc: "accuracy (%)", loss: "loss", lr: "learning rate", images_per_s: "images/s" };
+
+  function metricLabel(metric) {
+    const [split, name] = metric.split("/");
+    return name ? split + " " + (WORDS[name] || name) : metric;
+  }
+
+  // Grouped (?group_by=…): each group's mean and ± std band per metric, over the epochs; only the metric switches.
+  if (chart.data.some((trace) => trace.meta && trace.meta.group !== undefined)) {
+    const showMetric = () => {
+      const metric = metricSelect.value;
+      Plotly.update(chart, { visible: chart.data.map((trace) => trace.meta.metric === metric) }, {
+        "title.text": metricLabel(metric) + ": mean ± std",
+        "yaxis.title.text": metricLabel(metric),
+        "xaxis.autorange": true,
+        "yaxis.autorange": true,
+      });
+    };
+    metricSelect.addEventListener("change", showMetric);
+    showMetric();
+    return;
+  }
+
   const xSelect = document.getElementById("curve-x");
   const smoothing = document.getElementById("curve-smoothing");
   const smoothingValue = document.getElementById("smoothing-value");
   const toggles = Array.from(document.querySelectorAll("[data-series-toggle]"));
-  const X_TITLES = { epoch: "epoch", step: "step", time: "wall time (s)" };
-  const WORDS = { acc: "accuracy (%)", loss: "loss", lr: "learning rate", images_per_s: "images/s" };
 
   // The server's columns of each trace, kept before anything is changed.
   const columns = chart.data.map((trace) => ({
@@ -27,11 +50,6 @@
     y: trace.y.slice(),
   }));
   const hiddenRuns = new Set();
-
-  function metricLabel(metric) {
-    const [split, name] = metric.split("/");
-    return name ? split + " " + (WORDS[name] || name) : metric;
-  }
 
   function apply() {
     const metric = metricSelect.value, axis = xSelect.value, weight = Number(smoothing.value);

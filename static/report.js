@@ -31,6 +31,34 @@
     button.replaceWith(note);
   }
 
+  // ------------------------------------------------------------- study ---
+  // POST /api/study: the ticked presets × N seeds as one group; the runs list filtered by its tag follows them.
+  async function launchStudy(form) {
+    const messages = $("study-messages");
+    const button = $("study-launch");
+    TB.clearMessages(messages);
+    TB.clearFieldErrors(form);
+    const dataset = { kind: form.elements.kind.value };
+    const path = form.elements.path.value.trim();
+    if (path) dataset.path = path;
+    const presets = Array.from(form.querySelectorAll('input[name="presets"]:checked')).map((box) => box.value);
+    const body = { dataset, presets, seeds: Number(form.elements.seeds.value) };
+    button.disabled = true;
+    const result = await TB.api("POST", "/api/study", body);
+    button.disabled = false;
+    if (!result.ok) {
+      const unmatched = result.status === 422 ? TB.showFieldErrors(form, result.data && result.data.detail) : result.errors;
+      if (unmatched.length) TB.showMessage(messages, "error", unmatched);
+      return;
+    }
+    const note = document.createElement("p");
+    const link = document.createElement("a");
+    link.href = "/?tag=" + encodeURIComponent(result.data.group);
+    link.textContent = result.data.count + " runs (" + result.data.group + ")";
+    note.append("Queued ", link, ". Their mean ± std appears here as they succeed.");
+    messages.replaceChildren(note);
+  }
+
   // ------------------------------------------------- visualisations ---
   function frameState(el, state, message) {
     const frame = el.closest(".viz-frame");
@@ -93,6 +121,10 @@
     document.querySelectorAll("button[data-launch]").forEach((button) => {
       button.addEventListener("click", () => launch(button));
     });
+    const studyForm = $("study-form");
+    if (studyForm) {
+      studyForm.addEventListener("submit", (event) => { event.preventDefault(); launchStudy(studyForm); });
+    }
     if (!config.standalone && config.visuals_run_id) await loadVisuals(config.visuals_run_id);
     window.__reportReady = true; // for the browser test
   }

@@ -24,6 +24,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from app.services.stats import mean_band
+
 # Above this many points a series is drawn with WebGL (scattergl): SVG gets slow past a few thousand.
 SCATTERGL_THRESHOLD = 3000
 # Up to this many points a series gets markers too (evaluations: a handful per epoch).
@@ -212,3 +214,45 @@ def parcoords_figure(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> str
     layout = _base_layout("", "", height=380)  # the page's heading names it
     layout["margin"] = {"l": 72, "r": 72, "t": 48, "b": 32}
     return go.Figure(data=[figure], layout=layout).to_json()  # one small trace: plotly validates it all
+
+
+# --------------------------------------------------------- groups over seeds ---
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    red, green, blue = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({red},{green},{blue},{alpha})"
+
+
+def group_bands_figure(groups: Sequence[tuple[str, Sequence[list[dict[str, Any]]]]], metric_names: Sequence[str],
+                       metric: str) -> str:
+    """Per group of runs (label, each run's read_metrics series) and metric: the mean over the runs
+    with a mean ± std band, x = epoch. Three traces each (lower edge, upper edge filled down to it,
+    mean); meta names the group, metric and role, and only `metric`'s traces start visible."""
+    traces = []
+    for index, (label, runs_series) in enumerate(groups):
+        colour = RUN_COLOURS[index % len(RUN_COLOURS)]
+        for name in metric_names:
+            band = mean_band([(s["epoch"], s["value"]) for series in runs_series for s in series if s["name"] == name])
+            if not band.x:
+                continue
+            scale = 100.0 if is_accuracy(name) else 1.0
+            mean = [m * scale for m in band.mean]
+            spread = [d * scale for d in band.std]
+            common = {"x": band.x, "legendgroup": label, "visible": name == metric}
+            edge = {"mode": "lines", "line": {"width": 0, "color": colour}, "showlegend": False, "hoverinfo": "skip"}
+            traces.append({**edge, **common, "type": "scatter", "name": f"{plotly_text(label)} − std",
+                           "y": [m - d for m, d in zip(mean, spread)],
+                           "meta": {"group": label, "metric": name, "role": "lower"}})
+            traces.append({**edge, **common, "type": "scatter", "name": f"{plotly_text(label)} + std",
+                           "y": [m + d for m, d in zip(mean, spread)], "fill": "tonexty",
+                           "fillcolor": _rgba(colour, 0.18),
+                           "meta": {"group": label, "metric": name, "role": "upper"}})
+            unit = " %" if scale == 100.0 else ""
+            traces.append({**common, "type": "scatter", "mode": "lines+markers", "name": plotly_text(label),
+                           "y": mean, "line": {"color": colour, "width": 2}, "marker": {"size": 4, "color": colour},
+                           "customdata": [[d, n] for d, n in zip(spread, band.n)],
+                           "hovertemplate": f"%{{y:.4g}} ± %{{customdata[0]:.2g}}{unit} (n=%{{customdata[1]}})",
+                           "meta": {"group": label, "metric": name, "role": "mean"}})
+    layout = _base_layout(f"{metric_label(metric)}: mean ± std", metric_label(metric), height=420)
+    layout["hovermode"] = "closest"
+    return figure_json(traces, layout)

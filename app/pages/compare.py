@@ -4,6 +4,10 @@ The table is the study's: final train/val loss, train/val/test accuracy per
 run, plus the settings that differ between the runs. The curves overlay any
 metric of every run (the study's figure 3.3); static/compare.js switches the
 metric, the x axis and the EMA smoothing in the browser.
+
+With ?group_by=<setting> (model, lr, …) the runs that share that setting's value
+form one group, typically the seeds of one configuration: the table shows each
+group's mean ± std, and the curves each group's mean with a ± std band.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from app.core.security import parse_id
 from app.models import Run
 from app.pages import charts
 from app.pages.runs import not_found
-from app.pages.templating import render
-from app.services import runs
+from app.pages.templating import fmt_value, render
+from app.services import runs, stats
 from app.services.errors import InvalidInput, NotFound
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -52,6 +56,30 @@ def setting_of(run: Run, key: str) -> Any:
     if key.startswith("dataset."):
         return run.dataset.get(key.removeprefix("dataset."))
     return run.hyperparameters.get(key)
+
+
+def _group_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class RunGroup:
+    """Runs that share one value of the grouping setting, and their final metrics' mean ± std."""
+
+    value: Any
+    runs: list[Run]
+    summaries: dict[str, stats.Summary]
+
+
+def group_runs(runs_: list[Run], key: str) -> list[RunGroup]:
+    """Groups by setting `key`, in the order their first run is listed."""
+    members: dict[str, list[Run]] = {}
+    for run in runs_:
+        members.setdefault(_group_key(setting_of(run, key)), []).append(run)
+    return [RunGroup(setting_of(group[0], key), group,
+                     {metric: stats.summarize(run.final_metrics.get(metric) for run in group)
+                      for metric in TABLE_METRICS})
+            for group in members.values()]
 
 
 @dataclass(frozen=True)
@@ -82,7 +110,21 @@ def _default_metric(names: list[str]) -> str:
     return next((name for name in DEFAULT_METRICS if name in names), names[0] if names else "val/acc")
 
 
-def compare_page_context(session: Session, comparison: Comparison) -> dict[str, Any]:
+def grouping_keys(comparison: Comparison) -> list[str]:
+    return ["model", *(key for key in comparison.differing if key != "model")]
+
+
+def parse_group_by(raw: str | None, comparison: Comparison) -> str | None:
+    """The setting to group by: empty means none; anything but a grouping key is a 400."""
+    if not raw:
+        return None
+    keys = grouping_keys(comparison)
+    if raw not in keys:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"group_by must be one of: {', '.join(keys)}")
+    return raw
+
+
+def compare_page_context(session: Session, comparison: Comparison, group_by: str | None = None) -> dict[str, Any]:
     # read_metrics commits, which would expire the loaded runs and reload each one on next use.
     for run in comparison.runs:
         session.expunge(run)
@@ -96,16 +138,27 @@ def compare_page_context(session: Session, comparison: Comparison) -> dict[str, 
          for run in comparison.runs],
         keys[:MAX_PARCOORDS_DIMENSIONS],
     )
+    groups = group_runs(comparison.runs, group_by) if group_by else []
+    if groups:
+        curves = charts.group_bands_figure(
+            [(f"{group_by}={fmt_value(group.value)}", [series_by_run[run.id] for run in group.runs])
+             for group in groups], metric_names, metric)
+    else:
+        curves = charts.compare_curves_figure(comparison.runs, series_by_run, metric)
     return {
         "comparison": comparison,
+        "group_by": group_by,
+        "groups": groups,
+        "grouping_keys": grouping_keys(comparison),
         "table_metrics": TABLE_METRICS,
         "setting_of": setting_of,
         "metric_names": metric_names,
         "metric": metric,
         "metric_label": charts.metric_label,
-        "curves_json": charts.compare_curves_figure(comparison.runs, series_by_run, metric),
+        "curves_json": curves,
         "parcoords_json": parcoords,
         "colours": {run.id: charts.RUN_COLOURS[i % len(charts.RUN_COLOURS)] for i, run in enumerate(comparison.runs)},
+        "colours_by_index": [charts.RUN_COLOURS[i % len(charts.RUN_COLOURS)] for i in range(len(groups))],
         "ids_param": ",".join(str(run.id) for run in comparison.runs),
     }
 
@@ -116,7 +169,8 @@ def compare_page(request: Request, session: SessionDep) -> HTMLResponse:
     if not ids:
         return render(request, "compare.html", {"comparison": None}, active="compare")
     comparison = load_comparison(session, ids)
-    return render(request, "compare.html", compare_page_context(session, comparison), active="compare")
+    group_by = parse_group_by(request.query_params.get("group_by"), comparison)
+    return render(request, "compare.html", compare_page_context(session, comparison, group_by), active="compare")
 
 
 # -------------------------------------------------------------------- exports ---

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
 import plotly.graph_objects as go
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 from sqlmodel import Session
@@ -40,6 +40,8 @@ CURVE_MAX_POINTS = 400  # evaluations: a handful per epoch, so nothing is lost
 PRESET_COLOURS = dict(zip(report.STUDY_PRESETS, charts.RUN_COLOURS))
 INLINE_CSS = ("app.css", "visualize.css")
 INLINE_JS = ("app.js", "charts.js", "report.js")
+# Which data set the mean ± std over seeds is for (a report.dataset_label); the latest one by default.
+DatasetQuery = Annotated[str | None, Query(max_length=2000)]
 
 
 # ------------------------------------------------------------------ figures ---
@@ -108,8 +110,10 @@ def embedded_visuals(session: Session, run: Run, settings: Settings) -> dict[str
 
 # ------------------------------------------------------------------ context ---
 
-def report_context(session: Session, settings: Settings, *, standalone: bool) -> dict[str, Any]:
+def report_context(session: Session, settings: Settings, *, standalone: bool,
+                   dataset: str | None = None) -> dict[str, Any]:
     results = report.study_results(session)
+    seeds = report.seed_study(session, dataset)
     sections, loss_figure = preset_sections(session, results)
     showcase = report.showcase_run(results)
     visuals: dict[str, Any] = {}
@@ -121,6 +125,7 @@ def report_context(session: Session, settings: Settings, *, standalone: bool) ->
         "sections": sections, "reference_sets": report.REFERENCE_SETS, "metrics": report.REPORT_METRICS,
         "loss_figure": loss_figure.to_json() if any(s["figures"] for s in sections) else None,
         "showcase": showcase, "visuals": visuals, "standalone": standalone,
+        "seeds": seeds, "study_presets": report.STUDY_PRESETS,
         "generated_at": datetime.now(timezone.utc),
     }
 
@@ -147,21 +152,23 @@ def inline_assets() -> dict[str, Markup]:
     return {"inline_css": inline_style(css), "inline_scripts": [inline_script(s) for s in scripts]}
 
 
-def standalone_html(session: Session, settings: Settings) -> str:
-    context = report_context(session, settings, standalone=True)
+def standalone_html(session: Session, settings: Settings, dataset: str | None = None) -> str:
+    context = report_context(session, settings, standalone=True, dataset=dataset)
     return templates.get_template("report.html").render(**context, **inline_assets())
 
 
 # ------------------------------------------------------------------- routes ---
 
 @router.get("/report", response_class=HTMLResponse)
-def report_page(request: Request, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
-    return render(request, "report.html", report_context(session, settings, standalone=False), active="report")
+def report_page(request: Request, session: SessionDep, settings: SettingsDep,
+                dataset: DatasetQuery = None) -> HTMLResponse:
+    context = report_context(session, settings, standalone=False, dataset=dataset)
+    return render(request, "report.html", context, active="report")
 
 
 @router.get("/report/download", response_class=HTMLResponse)
-def report_download(session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+def report_download(session: SessionDep, settings: SettingsDep, dataset: DatasetQuery = None) -> HTMLResponse:
     """The report as one HTML file that works offline (served as an attachment)."""
     filename = f"trainboard-report-{datetime.now(timezone.utc):%Y%m%d-%H%M}.html"
-    return HTMLResponse(standalone_html(session, settings),
+    return HTMLResponse(standalone_html(session, settings, dataset),
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})

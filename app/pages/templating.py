@@ -121,6 +121,15 @@ def fmt_metric(name: str, value: float | None) -> str:
     return fmt_percent(value) if name.endswith("/acc") else fmt_number(value)
 
 
+def fmt_mean_std(summary: Any, name: str) -> str:
+    """A stats.Summary of metric `name`: "75.12 ± 0.43 %" or "0.5447 ± 0.0123" (no ± below two runs)."""
+    if summary is None or summary.mean is None:
+        return "–"
+    scale, unit, fmt = (100.0, " %", ".2f") if name.endswith("/acc") else (1.0, "", ".4f")
+    spread = f" ± {summary.std * scale:{fmt}}" if summary.std is not None else ""
+    return f"{summary.mean * scale:{fmt}}{spread}{unit}"
+
+
 @lru_cache(maxsize=64)
 def _file_version(path: Path, mtime_ns: int) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:10]
@@ -145,7 +154,8 @@ def _build_environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters.update(percent=fmt_percent, number=fmt_number, duration=fmt_duration,
-                       datetime=fmt_datetime, value=fmt_value, metric=fmt_metric, script_json=script_json)
+                       datetime=fmt_datetime, value=fmt_value, metric=fmt_metric, script_json=script_json,
+                       mean_std=fmt_mean_std)
     env.globals.update(static_url=static_url, plotly_url=PLOTLY_URL, nav_items=NAV_ITEMS)
     return env
 

@@ -1,4 +1,5 @@
-"""The CIFAR-10 study reproduced: each preset's latest succeeded run beside the study's numbers.
+"""The CIFAR-10 study reproduced: each preset's latest succeeded run, and its mean ± std over seeds,
+beside the study's numbers.
 
 The reference numbers live here, and only here, each table with its source.
 Accuracies are fractions (as the runs store them); the page shows percentages
@@ -7,6 +8,7 @@ and the differences in percentage points.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +17,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from app.models import Run, RunStatus
+from app.services.stats import Summary, summarize
 
 STUDY_PRESETS = ("task1", "net1", "net2", "resnet18")
 REPORT_METRICS = ("train/acc", "val/acc", "test/acc", "train/loss", "val/loss")
@@ -150,3 +153,113 @@ def showcase_run(results: list[PresetResult]) -> Run | None:
         return resnet[0]
     scored = [run for run in runs if _finite(run.final_metrics.get("test/acc")) is not None]
     return max(scored, key=lambda run: run.final_metrics["test/acc"], default=runs[0] if runs else None)
+
+
+# ------------------------------------------------------------- over seeds ---
+# A single run varies by several points from seed to seed, so the report also shows each preset's
+# mean ± std over every run that follows the preset's recipe. What a run changes beyond its seed
+# makes it a different experiment: it is listed as not comparable, with the reasons.
+
+# Options that change neither what is trained nor on what: the seed, how often progress is logged,
+# and bf16 autocast (on by default on CUDA, where the study's presets run).
+RECIPE_NEUTRAL = frozenset({"seed", "log_every", "amp"})
+MAX_SEED_RUNS = 1000  # the most recent succeeded preset runs considered
+MAX_NOT_COMPARABLE_SHOWN = 50
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """One preset's comparable runs (one per seed) and their mean ± std per metric."""
+
+    preset: str
+    runs: list[Run]
+    rows: list[MetricRow]  # value = the mean; comparisons = mean − reference
+    summaries: dict[str, Summary]  # metric → mean, std, n
+
+
+@dataclass(frozen=True)
+class NotComparable:
+    run: Run
+    reasons: list[str]
+
+
+@dataclass(frozen=True)
+class SeedStudy:
+    dataset: str | None  # the data set the means are over
+    datasets: list[str]  # every data set with runs that follow a recipe, most recent first
+    results: list[SeedResult]
+    not_comparable: list[NotComparable]  # the first MAX_NOT_COMPARABLE_SHOWN
+    not_comparable_total: int
+
+
+def dataset_label(dataset: dict[str, Any]) -> str:
+    """"cifar10", or the kind and path: what tells two data sets apart (limits and augmentation aside)."""
+    kind = str(dataset.get("kind") or "cifar10")
+    return f"{kind} {dataset['path']}" if dataset.get("path") else kind
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def recipe_mismatches(run: Run, preset_hyperparameters: dict[str, Any]) -> list[str]:
+    """Why `run` does not follow its preset's recipe: a subset, augmentation, or a changed hyperparameter.
+
+    An option the run does not record (a row older than the option) counts as the preset's.
+    """
+    reasons = []
+    if run.dataset.get("limit_train"):
+        reasons.append(f"trained on at most {run.dataset['limit_train']:,} images, not the full training set")
+    if run.dataset.get("limit_test"):
+        reasons.append(f"tested on at most {run.dataset['limit_test']:,} images, not the full test set")
+    if run.dataset.get("augment"):
+        reasons.append("augmented training data (the recipe has none)")
+    for key, expected in preset_hyperparameters.items():
+        actual = run.hyperparameters.get(key, expected)
+        if key not in RECIPE_NEUTRAL and not _same_value(actual, expected):
+            reasons.append(f"{key} {json.dumps(actual)}, the preset's is {json.dumps(expected)}")
+    return reasons
+
+
+def seed_study(session: Session, dataset: str | None = None) -> SeedStudy:
+    """Each study preset's mean ± std over its comparable succeeded runs on one data set.
+
+    dataset: a dataset_label; by default the data set of the latest run that follows a recipe.
+    Comparable: the preset's recipe (recipe_mismatches finds nothing), the chosen data set, and a
+    seed not counted yet (a rerun of the same seed is no new sample; the latest one counts).
+    """
+    from app.services.catalog import preset_hyperparameters
+
+    recent = list(session.scalars(
+        select(Run).where(Run.model.in_(STUDY_PRESETS), Run.status == RunStatus.succeeded)
+        .order_by(Run.finished_at.desc().nulls_last(), Run.id.desc()).limit(MAX_SEED_RUNS)
+    ).all())
+    recipes = {preset: preset_hyperparameters(preset) for preset in STUDY_PRESETS}
+    mismatches = {run.id: recipe_mismatches(run, recipes[run.model]) for run in recent}
+    datasets = list(dict.fromkeys(dataset_label(run.dataset) for run in recent if not mismatches[run.id]))
+    chosen = dataset if dataset is not None else (datasets[0] if datasets else None)
+
+    counted: dict[str, dict[Any, Run]] = {preset: {} for preset in STUDY_PRESETS}
+    not_comparable = []
+    for run in recent:
+        reasons = list(mismatches[run.id])
+        if chosen is not None and dataset_label(run.dataset) != chosen:
+            reasons.insert(0, f"another data set: {dataset_label(run.dataset)}")
+        seed = run.hyperparameters.get("seed", 0)
+        earlier = counted[run.model].get(seed)
+        if not reasons and earlier is not None:
+            reasons.append(f"seed {seed} is already counted (run #{earlier.id}, more recent)")
+        if reasons:
+            not_comparable.append(NotComparable(run, reasons))
+        else:
+            counted[run.model][seed] = run
+
+    results = []
+    for preset in STUDY_PRESETS:
+        runs = sorted(counted[preset].values(), key=lambda run: run.hyperparameters.get("seed", 0))
+        summaries = {metric: summarize(run.final_metrics.get(metric) for run in runs) for metric in REPORT_METRICS}
+        rows = compare_metrics(preset, {metric: summary.mean for metric, summary in summaries.items()})
+        results.append(SeedResult(preset, runs, rows, summaries))
+    return SeedStudy(chosen, datasets, results, not_comparable[:MAX_NOT_COMPARABLE_SHOWN], len(not_comparable))

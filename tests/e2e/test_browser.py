@@ -234,6 +234,31 @@ def report_and_its_download(page: Any, base: str, tmp_path: Path) -> None:
     assert not outside and not errors, (outside, errors)
 
 
+def compare_grouped(page: Any, base: str, first: int, second: int) -> None:
+    """Grouped by model, the two task1 runs are one group: mean ± std in the table, a band in the chart."""
+    page.goto(f"{base}/compare?ids={first},{second}")
+    page.select_option("#group-by", "model")  # submits the form
+    page.wait_for_url(re.compile(r"group_by=model"))
+    page.wait_for_function(CHART_HAS_POINTS, arg="compare-chart")
+    assert page.locator("table.group-table tbody tr").count() == 1
+    assert "±" in page.inner_text("table.group-table tbody")
+    screenshot(page, "04b-compare-grouped")
+
+
+def report_seeds_and_study_form(page: Any, base: str, problems: Problems) -> None:
+    """The runs here train on a subset for one epoch: listed as not comparable. A study needs a path
+    for an image folder: the form shows the API's error at that field, and nothing is queued."""
+    page.goto(base + "/report")
+    page.wait_for_function("() => window.__reportReady === true", timeout=PAGE_TIMEOUT_MS)
+    page.click("#report-not-comparable summary")
+    assert "epochs 1, the preset's is 100" in page.inner_text("#report-not-comparable")
+    problems.expected_statuses.add(("/api/study", 422))
+    page.select_option("#study-kind", "imagefolder")
+    page.click("#study-launch")
+    page.wait_for_selector('[data-loc="dataset.path"].has-error', timeout=PAGE_TIMEOUT_MS)
+    screenshot(page, "10-report-study-form")
+
+
 # ------------------------------------------------------------------- test ---
 
 def test_dashboard_in_chromium(served: Any, browser: Any, small_cifar: Path, tmp_path: Path) -> None:
@@ -266,9 +291,11 @@ def test_dashboard_in_chromium(served: Any, browser: Any, small_cifar: Path, tmp
         page.wait_for_function(CHART_HAS_POINTS, arg="compare-chart")
         assert page.locator("table.compare-table tbody tr").count() == 2
         screenshot(page, "04-compare")
+        compare_grouped(page, base, first, second)
 
         visualize_with_upload(page, base, first, problems)
         report_and_its_download(page, base, tmp_path)
+        report_seeds_and_study_form(page, base, problems)
     except Exception:
         screenshot(page, "failure")
         print(served.logs())

@@ -126,3 +126,32 @@ def test_compare_links_to_the_exports(client: TestClient, two_runs: tuple[int, i
     page = client.get("/compare?ids={},{}".format(*two_runs)).text
     assert 'href="/compare/export.csv?ids={},{}" download'.format(*two_runs) in page
     assert 'href="/compare/export.json?ids={},{}" download'.format(*two_runs) in page
+
+
+def test_compare_grouped_by_a_setting_shows_mean_std_and_bands(client: TestClient, seed: Any,
+                                                               html: SimpleNamespace) -> None:
+    final = {"train/loss": 0.4, "val/loss": 0.6, "train/acc": 0.85}
+    high = [seed.run("succeeded", name=f"high {s}", points=30, hyperparameters={"lr": 0.1, "seed": s},
+                     final_metrics={**final, "val/acc": acc}) for s, acc in ((0, 0.70), (1, 0.72))]
+    low = seed.run("succeeded", name="low", points=20, hyperparameters={"lr": 0.01}, final_metrics={**final, "val/acc": 0.6})
+    ids = ",".join(map(str, [*high, low]))
+    page = client.get(f"/compare?ids={ids}&group_by=lr").text
+    rows = html.table_rows(page, "group-table")
+    assert len(rows) == 2
+    assert "0.1" in rows[0] and ">2<" in rows[0] and "71.00 ± 1.41 %" in rows[0]
+    assert "0.01" in rows[1] and ">1<" in rows[1] and "60.00 %" in rows[1] and "±" not in rows[1].split("60.00")[1][:5]
+    traces = html.json_block(page, "compare-figure")["data"]
+    val_acc = {(t["meta"]["group"], t["meta"]["role"]): t for t in traces if t["meta"]["metric"] == "val/acc"}
+    assert set(val_acc) == {(g, r) for g in ("lr=0.1", "lr=0.01") for r in ("lower", "upper", "mean")}
+    assert val_acc[("lr=0.1", "upper")]["fill"] == "tonexty" and all(t["visible"] for t in val_acc.values())
+    # The runs of lr=0.1 reach 3 evaluations and lr=0.01's 2: each band point counts the runs that reached it.
+    assert [n for _, n in val_acc[("lr=0.1", "mean")]["customdata"]] == [2, 2, 2]
+    assert val_acc[("lr=0.1", "mean")]["y"][0] == pytest.approx((0.5 + 9 / 120) * 100)
+    assert 'id="curve-x"' not in page and "data-series-toggle" not in page  # grouped: only the metric switches
+    assert '<option value="lr" selected>' in page
+
+
+def test_compare_group_by_unknown_setting_400(client: TestClient, two_runs: tuple[int, int]) -> None:
+    response = client.get(f"/compare?ids={two_runs[0]},{two_runs[1]}&group_by=batch_size")
+    assert response.status_code == 400 and "model, lr" in response.text
+    assert client.get(f"/compare?ids={two_runs[0]},{two_runs[1]}&group_by=").status_code == 200

@@ -94,7 +94,9 @@ def test_report_puts_the_latest_succeeded_run_beside_the_references(client: Any,
     seed.run(RunStatus.failed, model="net2", name="failed net2", points=5)
     page = client.get("/report").text
 
-    assert f"#{latest} latest net2" in page and "older net2" not in page and "failed net2" not in page
+    assert f"#{latest} latest net2" in page and "failed net2" not in page
+    # The older run shows only in the list of runs left out of the mean over seeds: same seed, older.
+    assert page.count("older net2") == 1 and "older net2</a> (net2): not comparable: seed 0 is already counted" in page
     # 78.53 % against the study's 80.19 % (−1.66 points) and the JPEG recipe's 78.20 % (+0.33 points).
     cell = summary_cell(page, "net2", "test/acc")
     assert cell.startswith("78.53 %")
@@ -180,3 +182,39 @@ def test_inline_script_cannot_close_its_element() -> None:
 
     assert str(inline_script('var s = "</script><script>alert(1)</SCRIPT>";')) == \
         'var s = "<\\/script><script>alert(1)<\\/SCRIPT>";'
+
+
+# ------------------------------------------------------------ over seeds ---
+
+def seeds_cell(page: str, preset: str, metric: str) -> str:
+    match = re.search(rf'<td class="num" data-seeds-preset="{preset}" data-metric="{re.escape(metric)}">(.*?)</td>',
+                      page, re.S)
+    assert match, (preset, metric)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", match.group(1))).strip()
+
+
+def test_report_shows_mean_std_over_seeds_and_lists_the_others(client: Any, seed: Any, html: Any) -> None:
+    counted = [seed.run("succeeded", model="net2", name=f"net2 seed {s}", hyperparameters={"seed": s},
+                        final_metrics={**NET2_FINAL, "test/acc": acc}) for s, acc in ((0, 0.78), (1, 0.79), (2, 0.80))]
+    short = seed.run("succeeded", model="net2", name="short", hyperparameters={"seed": 7, "epochs": 2},
+                     final_metrics=NET2_FINAL)
+    page = client.get("/report").text
+    cell = seeds_cell(page, "net2", "test/acc")
+    assert cell.startswith("79.00 ± 1.00 % (n=3)"), cell
+    assert "JPEG recipe 78.20 % (+0.80 pts)" in cell and "study 80.19 % (-1.19 pts)" in cell
+    assert seeds_cell(page, "net1", "test/acc").startswith("–")  # no net1 runs: no mean, no n
+    assert re.search(rf'<li data-run-id="{short}">.*not comparable: epochs 2, the preset&#39;s is 10</li>', page)
+    assert all(f'data-run-id="{run_id}"' not in page for run_id in counted)
+    assert f'href="/compare?ids={",".join(map(str, counted))}&amp;group_by=model"' in page
+    form = html.elements(page, "form")
+    assert any(attrs.get("id") == "study-form" for attrs in form)
+    boxes = [attrs["value"] for attrs in html.elements(page, "input") if attrs.get("name") == "presets"]
+    assert boxes == list(report.STUDY_PRESETS)
+
+
+def test_report_seeds_for_another_dataset_by_query(client: Any, seed: Any) -> None:
+    seed.run("succeeded", model="task1", hyperparameters={"seed": 1}, final_metrics={"test/acc": 0.7})
+    page = client.get("/report", params={"dataset": "imagefolder /elsewhere"}).text
+    assert seeds_cell(page, "task1", "test/acc").startswith("–")
+    assert "another data set: cifar10" in page
+    assert client.get("/report", params={"dataset": "x" * 3000}).status_code == 422
