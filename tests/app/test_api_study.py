@@ -56,9 +56,10 @@ def test_study_invalid_422_and_nothing_queued(client_factory: Callable, broker_m
 
 
 def test_study_needs_the_token_when_one_is_set(client_factory: Callable) -> None:
-    client = client_factory(TRAINBOARD_API_TOKEN="secret-token")
+    token = "study-token-0123456789"
+    client = client_factory(TRAINBOARD_API_TOKEN=token)
     assert client.post("/api/study", json={}).status_code == 401
-    assert client.get("/api/runs").json()["count"] == 0
+    assert client.get("/api/runs", headers={"Authorization": f"Bearer {token}"}).json()["count"] == 0
 
 
 # ------------------------------------------------------- mean ± std over seeds ---
