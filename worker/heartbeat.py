@@ -18,6 +18,7 @@ end of a training that may take hours.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
@@ -150,7 +151,9 @@ def _start_worker_heartbeat(sender: Any = None, **_: Any) -> None:
     except Exception:
         log.exception("could not bring the database schema up to date")
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
-    _worker_heartbeat = WorkerHeartbeat(hostname, write_worker_heartbeat, interval_s=heartbeat_interval_s())
+    device, precision = device_and_precision()
+    beat = functools.partial(_beat_with_device, write_worker_heartbeat, device=device, precision=precision)
+    _worker_heartbeat = WorkerHeartbeat(hostname, beat, interval_s=heartbeat_interval_s())
     _worker_heartbeat.start()
 
 
@@ -168,6 +171,29 @@ def _stop_worker_heartbeat(**_: Any) -> None:
     if _worker_heartbeat is not None:
         _worker_heartbeat.stop()
         _worker_heartbeat = None
+
+
+def _beat_with_device(write: Callable[..., None], hostname: str, stopping: bool, *, device: str | None,
+                      precision: str | None) -> None:
+    write(hostname, stopping, device=device, precision=precision)
+
+
+def device_and_precision() -> tuple[str | None, str | None]:
+    """What this worker trains on, for /workers: e.g. ("cuda:0 NVIDIA H200", "bf16 autocast") or
+    ("cpu, 2 threads", "fp32"). Runs with amp=false train in fp32 on CUDA too."""
+    try:
+        import torch
+
+        from ml.trainer import resolve_device
+
+        device = resolve_device("auto")
+        if device.type == "cuda":
+            index = torch.cuda.current_device()
+            return f"cuda:{index} {torch.cuda.get_device_name(index)}", "bf16 autocast"
+        return f"cpu, {torch.get_num_threads()} threads", "fp32"
+    except Exception as err:  # a broken CUDA setup must not keep the worker from reporting itself
+        log.warning("could not describe the training device: %s: %s", type(err).__name__, err)
+        return None, None
 
 
 def heartbeat_interval_s() -> float:
