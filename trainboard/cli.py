@@ -2,7 +2,8 @@
 
 The server comes from --url / --token, else TRAINBOARD_URL / TRAINBOARD_API_TOKEN. Commands that
 follow a run to its end (launch --watch, watch) exit with the run's status: 0 succeeded, 1 failed,
-3 cancelled; any API or connection error exits with 4 after printing the API's field messages.
+3 cancelled; any API or connection error exits with 4 after printing the API's field messages, and
+a malformed option with 2.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from trainboard.client import ApiError, Client, Run, TrainboardError
 
 EXIT_FOR_STATUS = {"succeeded": 0, "failed": 1, "cancelled": 3}
 EXIT_API_ERROR = 4
+EXIT_USAGE = 2  # as argparse
+
+
+class UsageError(Exception):
+    """A malformed option value that argparse cannot check by itself (e.g. --set without "=")."""
 SUMMARY_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc")
 LIST_COLUMNS = ("id", "name", "model", "status", "progress", "val/acc", "test/acc", "created")
 
@@ -86,6 +92,9 @@ def run_command(args: argparse.Namespace) -> int:
     except TrainboardError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_API_ERROR
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 # ---------------------------------------------------------------- launch ---
@@ -98,7 +107,7 @@ def parse_settings(pairs: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip():
-            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+            raise UsageError(f"--set expects KEY=VALUE, got {pair!r}")
         try:
             value = json.loads(text)
         except ValueError:
