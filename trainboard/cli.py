@@ -227,9 +227,12 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
     rows = [["name", *(run["name"] for run in runs)], ["model", *(run["model"] for run in runs)],
             ["status", *(run["status"] for run in runs)],
             ["parameters", *(f"{run['parameters']:,}" for run in runs)]]
-    for key in comparison["differing"]:
-        if key != "model":
-            rows.append([key, *(_setting(run, key) for run in runs)])
+    differing = [key for key in comparison["differing"] if key != "model"]
+    if any(key.startswith("dataset.") for key in differing):  # the comparison rows carry no dataset
+        datasets = {run["id"]: client.get_run(run["id"]).dataset for run in runs}
+        runs = [{**run, "dataset": datasets[run["id"]]} for run in runs]
+    for key in differing:
+        rows.append([key, *(_setting(run, key) for run in runs)])
     for name in comparison["metric_names"]:
         rows.append([name, *(format_metric(name, run["final_metrics"].get(name, run["best_metrics"].get(name)))
                              for run in runs)])
@@ -238,8 +241,12 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
 
 
 def _setting(run: dict[str, Any], key: str) -> str:
-    value = run["hyperparameters"].get(key) if not key.startswith("dataset.") else None
-    return "" if value is None else json.dumps(value) if not isinstance(value, str) else value
+    """A value by compare's keys: "dataset.<field>" or a hyperparameter."""
+    if key.startswith("dataset."):
+        value = run.get("dataset", {}).get(key.removeprefix("dataset."))
+    else:
+        value = run["hyperparameters"].get(key)
+    return "" if value is None else value if isinstance(value, str) else json.dumps(value)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

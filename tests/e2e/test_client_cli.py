@@ -176,7 +176,13 @@ def test_cli_launch_watch_list_compare_export_cancel(embedded_stack: Any, cifar_
 
     # A run that fails in the worker (CIFAR-10 is not in DATASETS_DIR, and there is no network): exit 1.
     assert run_cli("launch", "--preset", "task1", "--dataset", "cifar10", *tiny, "--watch") == 1
-    assert "failed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    failed = int(out.split()[1])
+    assert f"run {failed} failed" in out
+
+    assert run_cli("compare", str(first), str(failed)) == 0
+    kind_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("dataset.kind"))
+    assert kind_row.split()[1:] == ["imagefolder", "cifar10"]
 
 
 def test_cli_entry_point_reads_url_from_environment(embedded_stack: Any) -> None:
