@@ -20,6 +20,8 @@ import httpx
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 DEFAULT_TIMEOUT_S = 30.0
+# The server sends a keep-alive comment every 15 s: a stream silent for longer is dead, so reconnect.
+STREAM_READ_TIMEOUT_S = 60.0
 MAX_METRIC_POINTS = 100_000  # the API's per-series ceiling: a full export for any run trained here
 
 
@@ -337,7 +339,7 @@ class Client:
                 headers["Last-Event-ID"] = last_id
             try:
                 with self._http.stream("GET", f"/runs/{run_id}/events", headers=headers,
-                                       timeout=httpx.Timeout(DEFAULT_TIMEOUT_S, read=None)) as response:
+                                       timeout=httpx.Timeout(DEFAULT_TIMEOUT_S, read=STREAM_READ_TIMEOUT_S)) as response:
                     if response.is_error:
                         response.read()
                         raise ApiError.from_response(response)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import socket
 import threading
 from typing import Any, Callable, Protocol
@@ -152,7 +153,7 @@ def _start_worker_heartbeat(sender: Any = None, **_: Any) -> None:
         log.exception("could not bring the database schema up to date")
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
     device, precision = device_and_precision()
-    beat = functools.partial(_beat_with_device, write_worker_heartbeat, device=device, precision=precision)
+    beat = functools.partial(write_worker_heartbeat, device=device, precision=precision)
     _worker_heartbeat = WorkerHeartbeat(hostname, beat, interval_s=heartbeat_interval_s())
     _worker_heartbeat.start()
 
@@ -173,11 +174,6 @@ def _stop_worker_heartbeat(**_: Any) -> None:
         _worker_heartbeat = None
 
 
-def _beat_with_device(write: Callable[..., None], hostname: str, stopping: bool, *, device: str | None,
-                      precision: str | None) -> None:
-    write(hostname, stopping, device=device, precision=precision)
-
-
 def device_and_precision() -> tuple[str | None, str | None]:
     """What this worker trains on, for /workers: e.g. ("cuda:0 NVIDIA H200", "bf16 autocast") or
     ("cpu, 2 threads", "fp32"). Runs with amp=false train in fp32 on CUDA too."""
@@ -189,7 +185,11 @@ def device_and_precision() -> tuple[str | None, str | None]:
         device = resolve_device("auto")
         if device.type == "cuda":
             index = torch.cuda.current_device()
-            return f"cuda:{index} {torch.cuda.get_device_name(index)}", "bf16 autocast"
+            name = f"cuda:{index} {torch.cuda.get_device_name(index)}"
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            if visible:  # a worker pinned to one GPU of several: say which physical one
+                name += f" (CUDA_VISIBLE_DEVICES={visible})"
+            return name, "bf16 autocast"
         return f"cpu, {torch.get_num_threads()} threads", "fp32"
     except Exception as err:  # a broken CUDA setup must not keep the worker from reporting itself
         log.warning("could not describe the training device: %s: %s", type(err).__name__, err)
