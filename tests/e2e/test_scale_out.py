@@ -8,10 +8,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from trainboard import Client, Run
 
@@ -20,6 +22,24 @@ pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
 TINY = {"epochs": 1, "batch_size": 64, "eval_every": 0.5, "log_every": 2, "early_stop_count": 0}
 RUN_TIMEOUT_S = 240
 HEARTBEAT_TIMEOUT_S = 6
+
+
+@pytest.fixture
+def redis_broker_url(redis_url: str) -> Iterator[str]:
+    """TEST_REDIS_URL itself (flushed), rather than the shared e2e database number: every developer on a
+    shared machine has their own TEST_REDIS_URL, and another's worker on the same queue would take these
+    tasks (it finds no such run in its database and drops them)."""
+    yield redis_url
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
+
+
+def wait_all(client: Client, stack: Any, runs: list[Run]) -> list[Run]:
+    try:
+        return [client.wait(run.id, timeout_s=RUN_TIMEOUT_S, poll_s=0.5) for run in runs]
+    except TimeoutError as err:
+        pytest.fail(f"{err}\n{stack.logs()}")
 
 
 def dataset(root: Path) -> dict[str, Any]:
@@ -44,7 +64,7 @@ def test_scale_out_sweep_of_four_uses_both_workers_and_trains_each_run_once(serv
     with Client(stack.base_url, timeout_s=120) as client:
         swept = client.sweep({"lr": [0.05, 0.04, 0.03, 0.02]}, model="task1", dataset=dataset(cifar_subset),
                              hyperparameters=TINY)
-        runs = [client.wait(run.id, timeout_s=RUN_TIMEOUT_S, poll_s=0.5) for run in swept]
+        runs = wait_all(client, stack, swept)
 
         assert [run.status for run in runs] == ["succeeded"] * 4, stack.logs()
         hosts = {run.worker_host for run in runs}
