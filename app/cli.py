@@ -1,10 +1,11 @@
-"""The `trainboard` console command: `train` and `models` from ml/, plus `serve`."""
+"""The `trainboard` console command: `train` and `models` from ml/, `serve`, and `runs` (trainboard.cli)."""
 
 from __future__ import annotations
 
 import argparse
 
 from ml.cli import add_commands
+from trainboard.cli import add_runs_command
 
 
 def add_serve_command(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_commands(sub)
     add_serve_command(sub)
+    add_runs_command(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -132,6 +132,7 @@ class Run(RunBase, table=True):
     resumed_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # Counts edits (PATCH): a PATCH that names an older version is refused with 409.
     version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    worker_pid: int | None = None  # with worker_host: the worker process that claimed it (/workers)
 
 
 class RunPublic(RunBase):
@@ -160,6 +161,7 @@ class RunPublic(RunBase):
     checkpoint_path: str | None
     resumed_count: int
     version: int = Field(description="Edit counter; send it back in PATCH to refuse overwriting a newer edit")
+    worker_pid: int | None = None
 
 
 class RunsPublic(SQLModel):
@@ -320,6 +322,38 @@ class WorkerHeartbeat(SQLModel, table=True):
     hostname: str = Field(max_length=255)
     pid: int
     last_seen: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    # What the worker trains on, reported with each heartbeat (null for workers from before 0003).
+    device: str | None = Field(default=None, max_length=255)
+    precision: str | None = Field(default=None, max_length=64)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class WorkerRunRef(SQLModel):
+    id: int
+    name: str
+    status: RunStatus
+
+
+class WorkerPublic(SQLModel):
+    """One worker process of the fleet (GET /api/workers)."""
+
+    hostname: str = Field(description="Celery node name, e.g. celery@gpu-box-1")
+    pid: int
+    device: str | None
+    precision: str | None
+    started_at: datetime | None
+    last_seen: datetime
+    seconds_since_heartbeat: float
+    lost: bool = Field(description="No heartbeat within HEARTBEAT_TIMEOUT_S")
+    current_run: WorkerRunRef | None
+    finished_count: int
+    finished_runs: list[WorkerRunRef] = Field(description="The most recent ones, newest first")
+
+
+class WorkersPublic(SQLModel):
+    data: list[WorkerPublic]
+    count: int
+    live: int
 
 
 # ---------------------------------------------------------------- other shapes ---

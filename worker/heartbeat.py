@@ -18,7 +18,9 @@ end of a training that may take hours.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import socket
 import threading
 from typing import Any, Callable, Protocol
@@ -150,7 +152,9 @@ def _start_worker_heartbeat(sender: Any = None, **_: Any) -> None:
     except Exception:
         log.exception("could not bring the database schema up to date")
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
-    _worker_heartbeat = WorkerHeartbeat(hostname, write_worker_heartbeat, interval_s=heartbeat_interval_s())
+    device, precision = device_and_precision()
+    beat = functools.partial(write_worker_heartbeat, device=device, precision=precision)
+    _worker_heartbeat = WorkerHeartbeat(hostname, beat, interval_s=heartbeat_interval_s())
     _worker_heartbeat.start()
 
 
@@ -168,6 +172,28 @@ def _stop_worker_heartbeat(**_: Any) -> None:
     if _worker_heartbeat is not None:
         _worker_heartbeat.stop()
         _worker_heartbeat = None
+
+
+def device_and_precision() -> tuple[str | None, str | None]:
+    """What this worker trains on, for /workers: e.g. ("cuda:0 NVIDIA H200", "bf16 autocast") or
+    ("cpu, 2 threads", "fp32"). Runs with amp=false train in fp32 on CUDA too."""
+    try:
+        import torch
+
+        from ml.trainer import resolve_device
+
+        device = resolve_device("auto")
+        if device.type == "cuda":
+            index = torch.cuda.current_device()
+            name = f"cuda:{index} {torch.cuda.get_device_name(index)}"
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            if visible:  # a worker pinned to one GPU of several: say which physical one
+                name += f" (CUDA_VISIBLE_DEVICES={visible})"
+            return name, "bf16 autocast"
+        return f"cpu, {torch.get_num_threads()} threads", "fp32"
+    except Exception as err:  # a broken CUDA setup must not keep the worker from reporting itself
+        log.warning("could not describe the training device: %s: %s", type(err).__name__, err)
+        return None, None
 
 
 def heartbeat_interval_s() -> float:

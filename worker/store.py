@@ -52,7 +52,8 @@ class RunStore:
         """claim_run, retried: a database blink must not leave a delivered run queued forever."""
         def claim() -> Run | None:
             with Session(self.engine, expire_on_commit=False) as session:
-                return lifecycle.claim_run(session=session, run_id=self.run_id, hostname=hostname)
+                return lifecycle.claim_run(session=session, run_id=self.run_id, hostname=hostname,
+                                           pid=os.getpid())
 
         return retry(claim, attempts=attempts, what=f"claiming run {self.run_id}")
 
@@ -108,13 +109,15 @@ def retry(action: Callable[[], T], *, attempts: int, what: str, delay_s: float =
     raise AssertionError("unreachable")
 
 
-def write_worker_heartbeat(hostname: str, stopping: bool) -> None:
+def write_worker_heartbeat(hostname: str, stopping: bool, device: str | None = None,
+                           precision: str | None = None) -> None:
     """This worker process is alive (or, `stopping`, leaves cleanly): its row in worker_heartbeat."""
     with Session(get_engine()) as session:
         if stopping:
             lifecycle.remove_worker(session=session, hostname=hostname, pid=os.getpid())
         else:
-            lifecycle.worker_heartbeat(session=session, hostname=hostname, pid=os.getpid())
+            lifecycle.worker_heartbeat(session=session, hostname=hostname, pid=os.getpid(), device=device,
+                                       precision=precision)
 
 
 def relative_to_artifacts(path: Path, artifacts_dir: Path) -> str:

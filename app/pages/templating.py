@@ -46,10 +46,16 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 NAV_ITEMS = (("runs", "/", "Runs"), ("launch", "/runs/new", "Launch"), ("compare", "/compare", "Compare"),
-             ("report", "/report", "Report"))
+             ("report", "/report", "Report"), ("workers", "/workers", "Workers"))
 
 
 # ------------------------------------------------------------------ filters ---
+
+def worker_anchor(hostname: str, pid: int | None) -> str:
+    """The id of a worker's row on /workers, which the run page links to (/workers#worker-…)."""
+    safe = "".join(char if char.isalnum() or char in "-_." else "-" for char in hostname)
+    return f"worker-{safe}-{pid}"
+
 
 def script_json(data: Any) -> Markup:
     """JSON safe inside <script type="application/json">: no "</script>", no HTML entities, no U+2028."""
@@ -156,7 +162,7 @@ def _build_environment() -> Environment:
     env.filters.update(percent=fmt_percent, number=fmt_number, duration=fmt_duration,
                        datetime=fmt_datetime, value=fmt_value, metric=fmt_metric, script_json=script_json,
                        mean_std=fmt_mean_std)
-    env.globals.update(static_url=static_url, plotly_url=PLOTLY_URL, nav_items=NAV_ITEMS)
+    env.globals.update(static_url=static_url, plotly_url=PLOTLY_URL, nav_items=NAV_ITEMS, worker_anchor=worker_anchor)
     return env
 
 

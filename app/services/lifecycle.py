@@ -101,7 +101,7 @@ def _end_run(session: Session, run: Run, status: RunStatus, kind: str, message: 
 # --------------------------------------------------------------- claiming ---
 
 def claim_run(*, session: Session, run_id: int, hostname: str,
-              max_redeliveries: int | None = None) -> Run | None:
+              max_redeliveries: int | None = None, pid: int | None = None) -> Run | None:
     """Take run `run_id` for this worker: queued → running. Returns the run (detached, fully
     loaded: read run.hyperparameters, run.dataset, run.checkpoint_path freely), or None to drop the task.
 
@@ -142,6 +142,7 @@ def claim_run(*, session: Session, run_id: int, hostname: str,
                f"redelivered to host {hostname} (was on {run.worker_host or 'an unknown host'}); "
                f"resume #{run.resumed_count}", now)
     run.worker_host = hostname
+    run.worker_pid = pid  # with worker_host: which process of the fleet (/workers) trains it
     run.heartbeat_at = now
     session.commit()
     return _loaded_and_detached(session, run)
@@ -307,12 +308,17 @@ def add_event(*, session: Session, run_id: int, kind: str, message: str) -> RunE
 
 # ---------------------------------------------------------------- workers ---
 
-def worker_heartbeat(*, session: Session, hostname: str, pid: int) -> None:
-    """Record that worker process (hostname, pid) is alive now (an upsert)."""
+def worker_heartbeat(*, session: Session, hostname: str, pid: int, device: str | None = None,
+                     precision: str | None = None) -> None:
+    """Record that worker process (hostname, pid) is alive now (an upsert), and what it trains on."""
     dialect_insert = sqlite.insert if is_sqlite(session) else postgresql.insert
-    statement = dialect_insert(WorkerHeartbeat.__table__).values(hostname=hostname, pid=pid, last_seen=utcnow())
+    now = utcnow()
+    statement = dialect_insert(WorkerHeartbeat.__table__).values(
+        hostname=hostname, pid=pid, last_seen=now, started_at=now, device=device, precision=precision)
     statement = statement.on_conflict_do_update(
-        index_elements=["hostname", "pid"], set_={"last_seen": statement.excluded.last_seen}
+        index_elements=["hostname", "pid"],
+        set_={"last_seen": statement.excluded.last_seen, "device": statement.excluded.device,
+              "precision": statement.excluded.precision},
     )
     begin_write(session)
     session.execute(statement)

@@ -182,6 +182,18 @@ def watch_run_page(page: Any) -> None:
     page.wait_for_function(CHART_HAS_POINTS, arg="chart-acc", timeout=PAGE_TIMEOUT_MS)
 
 
+def worker_of_the_run(page: Any, base: str, first: int) -> None:
+    """The run page links the worker that trained it; /workers lists that worker, live, with the run."""
+    page.goto(f"{base}/runs/{first}")  # rendered again: the link is drawn once a worker has the run
+    with page.expect_navigation(url=lambda url: "/workers#worker-" in url):
+        page.click("#run-worker")
+    row = page.locator("#workers-table tbody tr[data-lost='false']")
+    assert row.count() == 1
+    assert row.first.get_attribute("id") == page.url.split("#", 1)[1]
+    assert "cpu" in row.first.inner_text() and row.first.locator(f"a[href='/runs/{first}']").count() == 1
+    screenshot(page, "03b-workers")
+
+
 def visualize_with_upload(page: Any, base: str, run_id: int, problems: Problems) -> None:
     page.goto(f"{base}/runs/{run_id}/visualize")
     page.wait_for_function("() => window.__vizReady === true", timeout=PAGE_TIMEOUT_MS)
@@ -276,6 +288,7 @@ def test_dashboard_in_chromium(served: Any, browser: Any, small_cifar: Path, tmp
         first = launch_through_the_form(page, base, small_cifar, "browser-1")
         watch_run_page(page)
         screenshot(page, "03-run-succeeded")
+        worker_of_the_run(page, base, first)
 
         # The second run through the API: the form was exercised once already.
         with served.api() as api:
