@@ -3,8 +3,8 @@
 - worker_heartbeat.device, .precision, .started_at: reported by the worker (/workers).
 - run.worker_pid: with run.worker_host, the worker process that claimed the run.
 
-Revision ID: 0003_client
-Revises: 0002
+Revision ID: 0004_client
+Revises: 0003_web
 Create Date: 2026-12-02
 """
 
@@ -15,8 +15,8 @@ from alembic import op
 
 from app.core.types import UTCDateTime
 
-revision = "0003_client"
-down_revision = "0002"
+revision = "0004_client"
+down_revision = "0003_web"
 branch_labels = None
 depends_on = None
 
