@@ -130,6 +130,10 @@ class Run(RunBase, table=True):
     cloned_from: int | None = Field(default=None, foreign_key="run.id", ondelete="SET NULL")
     checkpoint_path: str | None = Field(default=None, sa_type=Text)
     resumed_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # What the worker trained at and on (recorded when training starts; None/{} before).
+    precision: str | None = Field(default=None, max_length=200)
+    device_info: dict[str, Any] = Field(default_factory=dict, sa_type=JSON, nullable=False,
+                                        sa_column_kwargs={"server_default": "{}"})
 
 
 class RunPublic(RunBase):
@@ -157,6 +161,8 @@ class RunPublic(RunBase):
     cloned_from: int | None
     checkpoint_path: str | None
     resumed_count: int
+    precision: str | None = None
+    device_info: dict[str, Any] = {}
 
 
 class RunsPublic(SQLModel):

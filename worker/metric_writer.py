@@ -120,6 +120,10 @@ class MetricWriter(Callback):
                                      images_per_s=self.progress.images_per_s)
         self.flush_durably()
 
+    def add_points(self, points: list[PendingPoint]) -> None:
+        """Buffer points from another source (the system sampler's thread); they go out with the next flush."""
+        self._append(points)
+
     # --------------------------------------------------------------- writes ---
 
     def elapsed(self) -> float:
