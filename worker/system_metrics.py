@@ -118,7 +118,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
 class SystemSampler(Callback):
     """Samples the machine every `interval_s` on its own thread and hands `system/…` points to `writer`.
 
-    Start it with `on_train_start` (the trainer calls it) and stop it with `close()`.
+    Start it with `on_train_start` (the trainer calls it; it also takes the first sample) and stop it with `close()`.
     """
 
     def __init__(self, writer: MetricWriter, device: torch.device | str, batch_size: int, *,
@@ -144,6 +144,9 @@ class SystemSampler(Callback):
         self._step = self._last_step = info.start_step
         self._epoch = info.start_step / max(info.steps_per_epoch, 1)
         self._last_time = self._clock()
+        # A first sample now (data loaded, model built), so that even a run of a few seconds has one;
+        # it goes out with the evaluation at step 0.
+        self.record()
         if not self._thread.is_alive() and not self._stop.is_set():
             self._thread.start()
 
@@ -182,12 +185,10 @@ class SystemSampler(Callback):
             self.record()
 
     def close(self) -> None:
-        """Stop sampling (a last sample first, so even a short run has one)."""
-        if self._thread.is_alive():
-            self._stop.set()
-            self._thread.join(timeout=self.interval_s + 5)
-            self.record()
+        """Stop sampling. No last sample: it would cost the run one more transaction at its end."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def __enter__(self) -> "SystemSampler":
         return self

@@ -71,7 +71,7 @@ def test_sampler_cpu_only_records_cpu_rss_and_images_per_s_without_gpu_series():
     sampler.on_step(step_report(20))
     clock.now += 4.0
     sampler.record()
-    writer.flush()
+    writer.flush(force=True)
     sampler.close()
     values = {p.name: p.value for p in sink.points}
     assert {CPU_PERCENT, RSS_MIB, IMAGES_PER_S} <= set(values)
@@ -87,7 +87,7 @@ def test_sampler_without_progress_leaves_images_per_s_out():
     sampler = SystemSampler(writer, "cpu", batch_size=64, gpu=None, clock=clock)
     clock.now += 5.0
     sampler.record()  # still loading data: no step yet
-    writer.flush()
+    writer.flush(force=True)
     assert IMAGES_PER_S not in {p.name for p in sink.points} and CPU_PERCENT in {p.name for p in sink.points}
 
 
@@ -113,7 +113,7 @@ def test_sampler_failing_gpu_probe_keeps_cpu_series():
     writer = MetricWriter(sink)
     sampler = SystemSampler(writer, "cuda", batch_size=64, gpu=Broken())
     sampler.record()
-    writer.flush()
+    writer.flush(force=True)
     assert {CPU_PERCENT, RSS_MIB} <= {p.name for p in sink.points}
 
 
@@ -159,3 +159,18 @@ def test_train_run_records_precision_device_and_system_points(db, worker_setting
     messages = [e.message for e in db.events(run_id)]
     assert any(m.startswith("precision: ") for m in messages)
     assert any("data on cpu" in m for m in messages)
+
+
+def test_system_points_ride_with_trainer_points_and_wait_at_most_max_wait():
+    sink, clock = Sink(), FakeClock()
+    writer = MetricWriter(sink, clock=clock)
+    sampler = SystemSampler(writer, "cpu", batch_size=64, gpu=None, clock=clock)
+    sampler.record()
+    assert writer.flush() and sink.batches == []  # alone and young: no transaction of their own
+    writer.on_step(step_report(2))
+    assert writer.flush() and len(sink.batches) == 1  # together with the trainer's points
+    assert {CPU_PERCENT, "train/step_loss"} <= {p.name for p in sink.batches[0]}
+    sampler.record()
+    clock.now += writer.passenger_max_wait_s + 1
+    assert writer.flush() and len(sink.batches) == 2  # old enough: written alone
+    assert {p.name for p in sink.batches[1]} <= {CPU_PERCENT, RSS_MIB, IMAGES_PER_S}
