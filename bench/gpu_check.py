@@ -15,8 +15,8 @@ no pytest, no FastAPI, no Celery. Everything it needs from this project is `ml/`
    (c) the trainer, running protocol.
    It prints images/s, training seconds, evaluation seconds, final val/test accuracy,
    and the ratios (b)/(a) and (c)/(a) of training throughput.
-3. worker.tasks.train_run end to end (SQLite, filesystem broker) when the web/worker
-   dependencies import here; otherwise it says which one is missing.
+3. worker.tasks.train_run end to end (SQLite, filesystem broker, a temporary DATA_DIR)
+   when the web/worker dependencies import here; otherwise it says which one is missing.
 
 Without CUDA it says so and times the CPU with a smaller default workload
 (1 epoch, 5,000 training and 1,000 test images), so that it still ends in minutes.
@@ -25,6 +25,8 @@ Without CUDA it says so and times the CPU with a smaller default workload
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -177,6 +179,7 @@ def dataset_root(data: Path) -> Path:
                 return candidate
         raise SystemExit(f"{data}: no train/ and test/ folders inside")
     target = Path(tempfile.mkdtemp(prefix="gpu-check-data-"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)  # 236 MB of small files: not left behind
     began = time.perf_counter()
     with tarfile.open(data) as archive:
         archive.extractall(target, filter="data")
@@ -278,11 +281,10 @@ def trainer_loop(splits: Any, device: torch.device, epochs: int, protocol: str) 
             "val_acc": result.final.get("val/acc", float("nan")), "test_acc": result.final.get("test/acc", float("nan"))}
 
 
-def run_timing(data: Path, device: torch.device, epochs: int, limit: int | None, limit_test: int | None,
+def run_timing(root: Path, device: torch.device, epochs: int, limit: int | None, limit_test: int | None,
                skip_study: bool) -> None:
     from ml.data import load_splits
 
-    root = dataset_root(data)
     began = time.perf_counter()
     splits = load_splits(DatasetSpec(kind="imagefolder", path=str(root), limit_train=limit, limit_test=limit_test),
                          data_dir=root.parent,
@@ -309,8 +311,11 @@ def print_row(name: str, r: dict[str, float]) -> None:
 
 # -------------------------------------------------------------- end to end ---
 
-def run_worker_end_to_end() -> None:
-    """worker.tasks.train_run with SQLite and the filesystem broker, if the worker's dependencies import."""
+def run_worker_end_to_end(root: Path, limit_train: int) -> bool:
+    """worker.tasks.train_run in this process, with SQLite and the filesystem broker in a temporary DATA_DIR,
+    if the worker's dependencies import here (from site-packages or an ignored .gpu-deps/ folder)."""
+    import os
+
     deps = REPO / ".gpu-deps"
     if deps.is_dir():
         sys.path.insert(0, str(deps))
@@ -322,8 +327,41 @@ def run_worker_end_to_end() -> None:
     except ImportError as err:
         print(f"end to end: skipped, the worker's dependencies are not here ({err}). They cannot travel as "
               f"pure-Python wheels: pydantic-core, psutil and SQLAlchemy's speedups are compiled extensions.")
-        return
-    print("end to end: the worker's dependencies import; run tests/worker/test_tasks.py on this machine")
+        return True
+    data_dir = Path(tempfile.mkdtemp(prefix="gpu-check-run-"))
+    atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
+    for name in ("DATABASE_URL", "BROKER_URL", "ARTIFACTS_DIR", "DATASETS_DIR", "TRAINBOARD_API_TOKEN"):
+        os.environ.pop(name, None)
+    os.environ.update(DATA_DIR=str(data_dir), TRAINBOARD_ENV_FILE="")
+    from sqlmodel import Session, func, select
+
+    from app.core.config import get_settings
+    from app.core.db import get_engine, init_db
+    from app.models import MetricPoint, Run, RunCreate
+    from app.services.runs import create_runs
+    from worker.tasks import train_run
+
+    get_settings.cache_clear()
+    get_engine.cache_clear()
+    get_settings().ensure_dirs()
+    init_db()
+    run_in = RunCreate.model_validate({
+        "model": "net2", "dataset": {"kind": "imagefolder", "path": str(root), "limit_train": limit_train},
+        "hyperparameters": {"epochs": 1, "early_stop_count": 0, "log_every": 5}})
+    with Session(get_engine()) as session:
+        run_id = create_runs(session=session, runs_in=[run_in])[0].id
+    began = time.perf_counter()
+    status = train_run(run_id)
+    with Session(get_engine()) as session:
+        run = session.get(Run, run_id)
+        system = session.scalar(select(func.count()).select_from(MetricPoint).where(
+            MetricPoint.run_id == run_id, MetricPoint.name.like("system/%")))
+        print(f"end to end: train_run {status} in {time.perf_counter() - began:.0f} s; precision {run.precision}; "
+              f"device {run.device_info.get('name')}, torch {run.device_info.get('torch')}, "
+              f"CUDA {run.device_info.get('cuda')}, driver {run.device_info.get('driver')}; "
+              f"{system} system points; final {run.final_metrics}")
+    get_engine().dispose()
+    return status == "succeeded" and system > 0
 
 
 # -------------------------------------------------------------------- main ---
@@ -336,6 +374,7 @@ def main() -> int:
     parser.add_argument("--limit-test", type=int, default=None, help="default: all on CUDA, 1000 on CPU")
     parser.add_argument("--skip-study", action="store_true", help="leave out (a), the study's DataLoader loop")
     parser.add_argument("--checks-only", action="store_true")
+    parser.add_argument("--end-to-end-only", action="store_true", help="only the worker.tasks.train_run step")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -346,13 +385,15 @@ def main() -> int:
         print("CUDA is absent: checking and timing the CPU only (the GPU figures are still to be measured)")
     began = time.perf_counter()
     print("checks:")
-    ok = run_checks(device)
+    ok = True if args.end_to_end_only else run_checks(device)
     if not args.checks_only:
         epochs = args.epochs or (10 if cuda else 1)
         limit = args.limit_train if args.limit_train is not None else (None if cuda else 5000)
         limit_test = args.limit_test if args.limit_test is not None else (None if cuda else 1000)
-        run_timing(args.data, device, epochs, limit, limit_test, args.skip_study)
-        run_worker_end_to_end()
+        root = dataset_root(args.data)
+        if not args.end_to_end_only:
+            run_timing(root, device, epochs, limit, limit_test, args.skip_study)
+        ok = run_worker_end_to_end(root, limit or 5000) and ok
     print(f"done in {time.perf_counter() - began:.0f} s; checks {'passed' if ok else 'FAILED'}")
     return 0 if ok else 1
 
