@@ -99,7 +99,9 @@ def cpu_model_name() -> str:
 
 def device_info(device: torch.device) -> dict[str, Any]:
     """What a run trains on: device name, torch, CUDA and driver versions (None where there is none)."""
-    info: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "cuda": torch.version.cuda,
+    # "cuda" only for a CUDA device: torch.version.cuda is the build's CUDA, also on a CPU-only machine.
+    info: dict[str, Any] = {"device": str(device), "torch": torch.__version__,
+                            "cuda": torch.version.cuda if device.type == "cuda" else None,
                             "driver": None, "cpu": cpu_model_name(), "cpu_threads": torch.get_num_threads()}
     if device.type == "cuda" and torch.cuda.is_available():
         info["name"] = torch.cuda.get_device_name(device)

@@ -140,7 +140,7 @@ def test_sampler_thread_samples_until_closed():
 def test_device_info_on_cpu_names_the_cpu_and_torch():
     info = device_info(torch.device("cpu"))
     assert info["torch"] == torch.__version__ and info["name"] and info["device"] == "cpu"
-    assert info["driver"] is None
+    assert info["driver"] is None and info["cuda"] is None  # torch's CUDA build is no CUDA on a CPU worker
 
 
 # ------------------------------------------------------------- end to end ---
