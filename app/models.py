@@ -133,6 +133,10 @@ class Run(RunBase, table=True):
     # Counts edits (PATCH): a PATCH that names an older version is refused with 409.
     version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
     worker_pid: int | None = None  # with worker_host: the worker process that claimed it (/workers)
+    # What the worker trained at and on (recorded when training starts; None/{} before).
+    precision: str | None = Field(default=None, max_length=200)
+    device_info: dict[str, Any] = Field(default_factory=dict, sa_type=JSON, nullable=False,
+                                        sa_column_kwargs={"server_default": "{}"})
 
 
 class RunPublic(RunBase):
@@ -162,6 +166,8 @@ class RunPublic(RunBase):
     resumed_count: int
     version: int = Field(description="Edit counter; send it back in PATCH to refuse overwriting a newer edit")
     worker_pid: int | None = None
+    precision: str | None = None
+    device_info: dict[str, Any] = {}
 
 
 class RunsPublic(SQLModel):

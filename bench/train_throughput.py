@@ -1,12 +1,18 @@
-"""Training throughput: the project's trainer against a bare PyTorch loop, in one process.
+"""Training throughput: the project's trainer against a bare fp32 PyTorch loop, in one process.
 
-Both train the same model (same seed), on the same tensors, with the same batch
-size and optimiser. The bare loop has no callbacks and no bookkeeping; the
-trainer runs with a callback that keeps every report, as the worker's metric
-writer would. The ratio trainer/bare is the cost of reporting (target ≥ 0.97).
+All loops train the same model (same seed), on the same tensors, with the same
+batch size and optimiser. The bare loop is plain fp32 NCHW with no callbacks
+and no bookkeeping; the trainer runs with a callback that keeps every report,
+as the worker's metric writer would. Two ratios:
+
+- trainer fp32 (amp=false) / bare fp32: the cost of reporting (target ≥ 0.97);
+- trainer at its chosen precision / bare fp32: the speed-up users get (bf16 +
+  channels_last on GPUs and on CPUs with AMX/AVX512-BF16; fp32 elsewhere, and
+  then the bench says so).
 
     .venv/bin/python bench/train_throughput.py                # task1 and net2, CPU (+ CUDA if present)
     .venv/bin/python bench/train_throughput.py --models task1 --images 3200 --repeats 5
+    .venv/bin/python bench/train_throughput.py --models net2 --compile   # also the trainer with torch.compile
 
 Needs only torch (the GPU machines have no FastAPI or Celery).
 """
@@ -28,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ml.batching import normalize  # noqa: E402
 from ml.config import TrainConfig, from_dict  # noqa: E402
 from ml.models import build_model, get_spec  # noqa: E402
+from ml.precision import choose_precision  # noqa: E402
 from ml.trainer import Callback, train  # noqa: E402
 
 
@@ -57,20 +64,17 @@ def make_data(n: int, seed: int = 0) -> Splits:
     return Splits(part(n), part(64), part(64))
 
 
-def bench_config(model: str, epochs: int) -> TrainConfig:
+def bench_config(model: str, epochs: int, **overrides) -> TrainConfig:
     # The running protocol and one evaluation at each end keep evaluation out of the timing.
     return from_dict(TrainConfig, {**get_spec(model).defaults, "epochs": epochs, "eval_every": float(epochs),
-                                   "protocol": "running", "early_stop_count": 0, "log_every": 50})
+                                   "protocol": "running", "early_stop_count": 0, "log_every": 50, **overrides})
 
 
 def bare_loop(model_name: str, config: TrainConfig, data: Splits, device: torch.device) -> float:
-    """Images/s of the plainest loop over the same tensors: no callbacks, no accumulators."""
-    use_amp = config.amp and device.type == "cuda"
+    """Images/s of the plainest fp32 loop over the same tensors: no callbacks, no accumulators, NCHW."""
     torch.manual_seed(config.seed)
     began = time.perf_counter()
     model = build_model(model_name, config.model_options, pretrained=False).to(device)
-    if use_amp:
-        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum) \
         if config.optimizer == "sgd" else torch.optim.Adam(model.parameters(), lr=config.lr)
     x, y = normalize(data.train.images, device), data.train.labels.to(device)
@@ -81,10 +85,7 @@ def bare_loop(model_name: str, config: TrainConfig, data: Splits, device: torch.
         for i in range(0, n - b + 1, b):  # full batches only, as the trainer's drop_last
             idx = order[i:i + b]
             xb, yb = x.index_select(0, idx), y.index_select(0, idx)
-            if use_amp:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                loss = F.cross_entropy(model(xb).float(), yb)
+            loss = F.cross_entropy(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -118,20 +119,29 @@ def trainer_loop(model_name: str, config: TrainConfig, data: Splits, device: tor
     return images / (time.perf_counter() - began)
 
 
-def measure(model_name: str, device: torch.device, images: int, epochs: int, repeats: int) -> tuple[float, float]:
-    config = bench_config(model_name, epochs)
+def measure(model_name: str, device: torch.device, images: int, epochs: int, repeats: int,
+            compile_too: bool = False) -> dict[str, float]:
+    """Median images/s of each loop: bare fp32, trainer fp32, trainer at its chosen precision (+ compiled)."""
+    loops = {
+        "bare": lambda data: bare_loop(model_name, bench_config(model_name, epochs), data, device),
+        "trainer_fp32": lambda data: trainer_loop(model_name, bench_config(model_name, epochs, amp=False), data, device),
+        "trainer": lambda data: trainer_loop(model_name, bench_config(model_name, epochs), data, device),
+    }
+    if compile_too:
+        loops["trainer_compiled"] = lambda data: trainer_loop(
+            model_name, bench_config(model_name, epochs, compile=True), data, device)
     data = make_data(images)
-    bare_loop(model_name, config, make_data(config.batch_size * 4), device)  # warm-up: kernels, allocator
-    bare, ours = [], []
+    warm = make_data(bench_config(model_name, epochs).batch_size * 4)
+    for loop in loops.values():  # warm-up: kernels, allocator (and torch.compile's cache)
+        loop(warm)
+    results: dict[str, list[float]] = {name: [] for name in loops}
     for i in range(repeats):
-        # Alternate the order so that drift (thermal, other load) hits both alike.
-        if i % 2 == 0:
-            bare.append(bare_loop(model_name, config, data, device))
-            ours.append(trainer_loop(model_name, config, data, device))
-        else:
-            ours.append(trainer_loop(model_name, config, data, device))
-            bare.append(bare_loop(model_name, config, data, device))
-    return statistics.median(bare), statistics.median(ours)
+        # Rotate the order so that drift (thermal, other load) hits every loop alike.
+        names = list(loops)
+        names = names[i % len(names):] + names[:i % len(names)]
+        for name in names:
+            results[name].append(loops[name](data))
+    return {name: statistics.median(values) for name, values in results.items()}
 
 
 def main() -> int:
@@ -141,20 +151,32 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when present")
+    parser.add_argument("--compile", action="store_true", help="also time the trainer with compile=true")
     args = parser.parse_args()
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
-    print(f"{'model':<8} {'device':<6} {'bare img/s':>11} {'trainer img/s':>14} {'ratio':>7}")
+          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA"))
     worst = 1.0
     for device_name in devices:
         device = torch.device(device_name)
+        chosen = choose_precision(device, True)
+        print(f"{device_name}: the trainer's precision is {chosen.describe()}")
+        if chosen.name == "fp32":
+            print(f"{device_name}: no native bf16 here, so the trainer stays fp32 (no mixed-precision speed-up)")
+        header = f"{'model':<8} {'device':<6} {'bare fp32':>10} {'trainer fp32':>13} {'ratio':>6} " \
+                 f"{'trainer ' + chosen.name:>13} {'speed-up':>9}"
+        print(header + (f" {'compiled':>9} {'speed-up':>9}" if args.compile else ""))
         images = args.images * (8 if device.type == "cuda" else 1)
         for model_name in args.models:
-            bare, ours = measure(model_name, device, images, args.epochs, args.repeats)
-            worst = min(worst, ours / bare)
-            print(f"{model_name:<8} {device_name:<6} {bare:>11,.0f} {ours:>14,.0f} {ours / bare:>7.3f}", flush=True)
-    print(f"worst ratio {worst:.3f} (target >= 0.97)")
+            r = measure(model_name, device, images, args.epochs, args.repeats, args.compile)
+            worst = min(worst, r["trainer_fp32"] / r["bare"])
+            line = (f"{model_name:<8} {device_name:<6} {r['bare']:>10,.0f} {r['trainer_fp32']:>13,.0f} "
+                    f"{r['trainer_fp32'] / r['bare']:>6.3f} {r['trainer']:>13,.0f} {r['trainer'] / r['bare']:>8.2f}x")
+            if args.compile:
+                line += f" {r['trainer_compiled']:>9,.0f} {r['trainer_compiled'] / r['bare']:>8.2f}x"
+            print(line, flush=True)
+    print(f"worst reporting ratio (trainer fp32 / bare fp32) {worst:.3f} (target >= 0.97); "
+          f"speed-up = trainer at its chosen precision / bare fp32 loop")
     return 0
 
 

@@ -1,8 +1,11 @@
 """Batches from index permutations over whole-dataset tensors (the airbench way).
 
-The dataset is decoded once into uint8, normalised once into a float tensor on
-the training device, and every batch is an index into it: no per-image work,
-no worker processes, and no host↔device copy per step on CUDA.
+The dataset is decoded once into uint8 and moved once to the training device,
+still as uint8 (a quarter of float32's memory and of each batch's gather
+traffic); every batch is an index into it, normalised on the device. No
+per-image work, no worker processes, and no host↔device copy per step on CUDA.
+A dataset too large for the GPU's memory stays in pinned host memory and each
+batch is copied asynchronously (see `data_placement`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,52 @@ def normalize(images: torch.Tensor, device: torch.device | str | None = None) ->
     return x.sub_(mean).div_(std)
 
 
+# Keep this share of the GPU's free memory for the model, activations and the allocator.
+DEVICE_DATA_FRACTION = 0.5
+
+
+def data_placement(data_bytes: int, device: torch.device, free_bytes: int | None = None) -> tuple[str, str]:
+    """Where the uint8 dataset lives: ("device", why) or, on CUDA when it does not fit, ("pinned", why).
+
+    `free_bytes` is the GPU's free memory (asked of the device when left out; tests pass it).
+    """
+    if device.type != "cuda":
+        return "device", f"data on {device.type} ({data_bytes / 2**20:,.0f} MiB as uint8)"
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    budget = int(free_bytes * DEVICE_DATA_FRACTION)
+    if data_bytes <= budget:
+        return "device", f"data on the GPU ({data_bytes / 2**20:,.0f} MiB as uint8)"
+    return "pinned", (f"the data ({data_bytes / 2**20:,.0f} MiB as uint8) is larger than half the GPU's free "
+                      f"memory ({free_bytes / 2**20:,.0f} MiB): it stays in pinned host memory and each batch is "
+                      f"copied to the GPU asynchronously (slower than data on the GPU)")
+
+
+def place(images: torch.Tensor, device: torch.device, placement: str) -> torch.Tensor:
+    """The images on `device`, or pinned in host memory for asynchronous copies."""
+    if placement == "pinned":
+        return images.pin_memory()
+    return images.to(device)
+
+
 def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop with `pad` px of zero padding plus a random horizontal flip, for a whole batch.
+    """Random crop with `pad` px of zero padding plus a random horizontal flip, for a whole batch."""
+    n = len(x)
+    dy, dx, flip = augment_draws(n, generator, pad)
+    return crop_and_flip(x, dy.to(x.device), dx.to(x.device), flip.to(x.device), pad)
+
+
+def augment_draws(n: int, generator: torch.Generator, pad: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Crop offsets (dy, dx) and flip flags for `n` images."""
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device)
+    flip = torch.rand(n, generator=generator, device=generator.device) < 0.5
+    return dy, dx, flip
+
+
+def crop_and_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor,
+                  pad: int = 4) -> torch.Tensor:
+    """Crop each image at its (dy, dx) of a zero-padded batch and flip where `flip`: all on x's device.
 
     One crop offset per image, done as a single gather over a padded batch, so the
     cost is a few tensor ops per batch whatever the batch size.
@@ -34,24 +81,31 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     dev = x.device
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(dev)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(dev)
     rows = (dy.view(n, 1) + torch.arange(h, device=dev)).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * pad)
     cropped = padded.gather(2, rows)
     cols = (dx.view(n, 1) + torch.arange(w, device=dev)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
     cropped = cropped.gather(3, cols)
-    flip = torch.rand(n, generator=generator, device=generator.device).to(dev) < 0.5
     return torch.where(flip.view(n, 1, 1, 1), cropped.flip(3), cropped)
 
 
 class BatchLoader:
-    """Shuffled (or ordered) batches of a normalised tensor dataset that already sits on its device."""
+    """Shuffled (or ordered) batches of a tensor dataset that already sits on its device (or pinned host memory).
+
+    uint8 images are normalised per batch on `device`; float images are taken as already normalised.
+    `device` defaults to the images' device; images in pinned host memory are copied there per batch.
+    """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
-                 shuffle: bool, seed: int = 0, augment: bool = False, drop_last: bool = False):
+                 shuffle: bool, seed: int = 0, augment: bool = False, drop_last: bool = False,
+                 device: torch.device | str | None = None):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images, self.labels = images, labels
+        self.device = torch.device(device) if device is not None else images.device
+        self.images, self.labels = images, labels.to(self.device)
+        # x * scale - shift == (x / 255 - mean) / std, with both on the device once (no copy per batch).
+        std = torch.tensor(CIFAR_STD, device=self.device).view(1, 3, 1, 1)
+        self._scale = 1 / (255 * std)
+        self._shift = torch.tensor(CIFAR_MEAN, device=self.device).view(1, 3, 1, 1) / std
         self.batch_size, self.shuffle, self.seed, self.augment = batch_size, shuffle, seed, augment
         # Training drops the last incomplete batch when there is at least one full one: at the
         # study's lr 0.05, one SGD step on the 8 leftover images of CIFAR's 45,000 throws the
@@ -74,15 +128,31 @@ class BatchLoader:
         g.manual_seed((self.seed * 100_003 + epoch) * 1_000_003 + batch + 1)
         return g
 
+    def _to_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """Gathered images → normalised float32 on the device."""
+        if images.device != self.device:  # pinned host memory: an asynchronous copy
+            images = images.pin_memory().to(self.device, non_blocking=True)
+        if images.dtype != torch.uint8:
+            return images
+        return torch.addcmul(self._shift.neg(), images.float(), self._scale)
+
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches of `epoch`, from batch index `start` on."""
-        g = self._generator(epoch)
+        """The batches of `epoch`, from batch index `start` on.
+
+        The order and the augmentation's random draws are made once per epoch and moved
+        to the device in one copy: nothing per step waits on the host.
+        """
         n = len(self.images)
-        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        order = order.to(self.images.device)
+        order = torch.randperm(n, generator=self._generator(epoch)) if self.shuffle else torch.arange(n)
+        order_on_device = order.to(self.device)
+        order_of_images = order.to(self.images.device)
+        draws = None
+        if self.augment:  # seeded as the batch after the last one, so no batch shares its stream
+            draws = [d.to(self.device) for d in augment_draws(n, self._generator(epoch, len(self)))]
         for i in range(start, len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x, y = self.images.index_select(0, idx), self.labels.index_select(0, idx)
-            if self.augment:
-                x = augment_batch(x, self._generator(epoch, i))
+            window = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            x = self._to_batch(self.images.index_select(0, order_of_images[window]))
+            y = self.labels.index_select(0, order_on_device[window])
+            if draws is not None:
+                x = crop_and_flip(x, *(d[window] for d in draws))
             yield x, y

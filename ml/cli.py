@@ -42,7 +42,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--protocol", choices=["full", "running"])
-    train.add_argument("--no-amp", action="store_true", help="on CUDA, no bf16 autocast / channels_last")
+    train.add_argument("--no-amp", action="store_true", help="fp32 everywhere: no bf16/fp16 autocast, no channels_last")
     train.add_argument("--no-pretrained", action="store_true", help="resnet18: train from scratch")
     train.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                        help='any other trainer option, e.g. --set milestones=[4,8] --set scheduler=\\"cosine\\"')

@@ -64,11 +64,15 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_spec("Random seed (init, split, shuffling)", ge=0, le=2**31 - 1))
     val_fraction: float = field(default=0.1, metadata=_spec("Fraction of train held out for validation", gt=0, lt=1))
     log_every: int = field(default=50, metadata=_spec("Report loss, lr and images/s every N steps", ge=1, le=100000))
-    amp: bool = field(default=True, metadata=_spec("On CUDA: bf16 autocast and channels_last"))
+    amp: bool = field(default=True, metadata=_spec(
+        "Mixed precision where the device computes it natively: bf16 (fp16 + loss scaling on pre-Ampere GPUs, "
+        "bf16 on CPUs with AMX or AVX512-BF16) with channels_last; off: fp32"))
     pretrained: bool = field(default=True, metadata=_spec("resnet18: start from ImageNet weights"))
     model_options: dict[str, Any] = field(
         default_factory=dict, metadata=_spec("Extra model options (the custom builder's config)")
     )
+    compile: bool = field(default=False, metadata=_spec(
+        "torch.compile the model (a minute or more of compiling first; see docs/benchmarks.md for when it pays)"))
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -20,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ml.batching import BatchLoader, normalize
+from ml.batching import BatchLoader, data_placement, place
 from ml.config import TrainConfig, from_dict, to_dict, validate
 from ml.models import build_model, count_parameters
+from ml.precision import FP32_CPU, Precision, choose_precision
 
 SPLITS = ("train", "val", "test")
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "config", "history", "rng")
@@ -41,6 +41,8 @@ class TrainStart:
     num_train: int
     num_val: int
     num_test: int
+    precision: str = "fp32"  # Precision.describe(): what the run computes at, and why
+    data_placement: str = ""  # where the training data sits (device memory, or pinned host memory and why)
 
 
 @dataclass
@@ -159,31 +161,26 @@ def eval_steps(steps_per_epoch: int, epochs: int, every: float) -> list[int]:
     return sorted(eval_schedule(steps_per_epoch, epochs, every))
 
 
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, *, amp: bool = False,
+def evaluate(model: nn.Module, loader: BatchLoader, *, precision: Precision = FP32_CPU,
              should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
     """Mean loss and accuracy over every batch of `loader`, with one host sync at the end.
 
+    The forward pass runs at the training's `precision`; loss and accuracy accumulate in fp32/int64.
     `should_stop` is checked between batches too: a full pass over the training set
     takes many seconds on a CPU, longer than a cancel may wait.
     """
     was_training = model.training
     model.eval()
-    device = loader.images.device
+    device = loader.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     for x, y in loader.batches():
         if should_stop is not None and should_stop():
             model.train(was_training)
             raise TrainingCancelled
-        with _autocast(device, amp):
-            out = model(x)
+        with precision.autocast():
+            out = model(precision.prepare_input(x))
         loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
@@ -211,6 +208,9 @@ class _Run:
     steps_per_epoch: int
     total_steps: int
     parameters: int
+    precision: Precision = FP32_CPU
+    data_placement: str = ""
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
     history: list[dict[str, Any]] = field(default_factory=list)
     step: int = 0
     # Device-side accumulators since the last report / evaluation (no host sync per step).
@@ -223,10 +223,6 @@ class _Run:
     since_eval_images: int = 0
     start_time: float = 0.0
     time_offset: float = 0.0  # training time before a resume
-
-    @property
-    def amp(self) -> bool:
-        return self.config.amp and self.device.type == "cuda"
 
     @property
     def lr(self) -> float:
@@ -250,14 +246,17 @@ def _zero(device: torch.device, dtype=torch.float32) -> torch.Tensor:
 
 def train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> None:
     """One optimizer step; the loss stays on the device."""
-    if run.amp:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with _autocast(run.device, run.amp):
-        out = run.model(x)
+    with run.precision.autocast():
+        out = run.model(run.precision.prepare_input(x))
         loss = F.cross_entropy(out.float(), y)
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    run.optimizer.step()
+    if run.scaler is None:
+        loss.backward()
+        run.optimizer.step()
+    else:  # fp16: scale the loss so that small gradients do not underflow
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
     run.step += 1
     detached = loss.detach()
     run.report_loss += detached
@@ -289,7 +288,8 @@ def _evaluate_all(run: _Run) -> dict[str, float]:
             metrics["train/loss"] = run.since_eval_loss.item() / run.since_eval_images
             metrics["train/acc"] = run.since_eval_correct.item() / run.since_eval_images
             continue
-        result = evaluate(run.model, run.loaders[f"{split}_eval"], amp=run.amp, should_stop=run.should_stop)
+        result = evaluate(run.model, run.loaders[f"{split}_eval"], precision=run.precision,
+                          should_stop=run.should_stop)
         metrics[f"{split}/loss"], metrics[f"{split}/acc"] = result["loss"], result["acc"]
     run.since_eval_loss, run.since_eval_correct = _zero(run.device), _zero(run.device, torch.long)
     run.since_eval_images = 0
@@ -353,6 +353,7 @@ def checkpoint_dict(run: _Run) -> dict[str, Any]:
         "config": {"model": run.model_name, "train": to_dict(run.config)},
         "history": run.history,
         "rng": torch.get_rng_state(),
+        **({"scaler": run.scaler.state_dict()} if run.scaler is not None else {}),
     }
 
 
@@ -389,15 +390,20 @@ def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "
 
 # --------------------------------------------------------------------- fit ---
 
-def _loaders(splits: Any, config: TrainConfig, device: torch.device, augment: bool) -> dict[str, BatchLoader]:
-    """Normalise every split once onto the device; training batches shuffle, evaluation ones don't."""
+def _loaders(splits: Any, config: TrainConfig, device: torch.device,
+             augment: bool) -> tuple[dict[str, BatchLoader], str]:
+    """Every split moved once to the device as uint8 (normalised per batch there), and where it went.
+
+    Training batches shuffle, evaluation ones don't.
+    """
     eval_batch = min(2048, config.batch_size * 4)
-    tensors = {s: (normalize(getattr(splits, s).images, device), getattr(splits, s).labels.to(device))
-               for s in SPLITS}
-    loaders = {f"{s}_eval": BatchLoader(*tensors[s], eval_batch, shuffle=False) for s in SPLITS}
-    loaders["train"] = BatchLoader(*tensors["train"], config.batch_size, shuffle=True,
+    data_bytes = sum(getattr(splits, s).images.nbytes for s in SPLITS)
+    placement, note = data_placement(data_bytes, device)
+    tensors = {s: (place(getattr(splits, s).images, device, placement), getattr(splits, s).labels) for s in SPLITS}
+    loaders = {f"{s}_eval": BatchLoader(*tensors[s], eval_batch, shuffle=False, device=device) for s in SPLITS}
+    loaders["train"] = BatchLoader(*tensors["train"], config.batch_size, shuffle=True, device=device,
                                    seed=config.seed, augment=augment, drop_last=config.drop_last)
-    return loaders
+    return loaders, note
 
 
 def train(model_name: str, config: TrainConfig, splits: Any, *, device: str | torch.device | None = None,
@@ -417,18 +423,21 @@ def train(model_name: str, config: TrainConfig, splits: Any, *, device: str | to
     torch.manual_seed(config.seed)
     model = build_model(model_name, config.model_options, pretrained=config.pretrained,
                         allow_download=allow_download).to(device)
-    if config.amp and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    precision = choose_precision(device, config.amp)
+    model = precision.prepare_model(model)
+    if config.compile:
+        model.compile()  # in place: state_dict keys stay those of the plain model
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
-    loaders = _loaders(splits, config, device, augment)
+    loaders, data_note = _loaders(splits, config, device, augment)
     steps_per_epoch = len(loaders["train"])
     run = _Run(config=config, model_name=model_name, model=model, optimizer=optimizer, scheduler=scheduler,
                loaders=loaders, callbacks=list(callbacks), should_stop=should_stop or (lambda: False),
                checkpoint_path=Path(checkpoint_path) if checkpoint_path else None, device=device,
                eval_at=eval_schedule(steps_per_epoch, config.epochs, config.eval_every),
                steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * config.epochs,
-               parameters=count_parameters(model))
+               parameters=count_parameters(model), precision=precision, scaler=precision.make_scaler(),
+               data_placement=data_note)
     if resume_from is not None:
         _restore(run, load_checkpoint(resume_from, map_location=device))
     return _fit(run, splits)
@@ -440,6 +449,8 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
     run.scheduler.load_state_dict(state["scheduler"])
     run.step, run.history = int(state["step"]), list(state["history"])
     run.time_offset = run.history[-1].get("time", 0.0) if run.history else 0.0
+    if run.scaler is not None and "scaler" in state:
+        run.scaler.load_state_dict(state["scaler"])
     if "rng" in state:
         torch.set_rng_state(state["rng"].cpu())
 
@@ -451,7 +462,8 @@ def _fit(run: _Run, splits: Any) -> TrainResult:
     run.emit("on_train_start", TrainStart(
         total_steps=run.total_steps, steps_per_epoch=run.steps_per_epoch, start_step=run.step,
         parameters=run.parameters, trainable_parameters=count_parameters(run.model, trainable_only=True),
-        device=str(run.device), num_train=len(splits.train), num_val=len(splits.val), num_test=len(splits.test)))
+        device=str(run.device), num_train=len(splits.train), num_val=len(splits.val), num_test=len(splits.test),
+        precision=run.precision.describe(), data_placement=run.data_placement))
     try:
         status = "early_stopped" if _train_epochs(run) else "completed"
     except TrainingCancelled:

@@ -13,7 +13,8 @@
 
   // ---------------------------------------------------------------- charts ---
   const charts = Array.from(document.querySelectorAll(".chart[data-figure]")).map((el) => ({
-    el, suffix: el.dataset.suffix, scale: Number(el.dataset.scale) || 1,
+    el, suffix: el.dataset.suffix, prefix: el.dataset.prefix || "", scale: Number(el.dataset.scale) || 1,
+    repeatsSteps: el.dataset.repeatsSteps === "1",
   }));
   const lastStep = {}; // series name → last step drawn
   charts.forEach((chart) => {
@@ -24,7 +25,7 @@
   });
 
   function chartFor(name) {
-    return charts.find((chart) => name.endsWith(chart.suffix));
+    return charts.find((chart) => name.startsWith(chart.prefix) && name.endsWith(chart.suffix));
   }
 
   function traceIndex(gd, name) {
@@ -38,7 +39,9 @@
     const after = lastStep[fragment.name] ?? -1;
     const xs = [], ys = [];
     fragment.step.forEach((step, i) => {
-      if (step <= after) return; // already drawn (the stream starts a little before the page's data ends)
+      // Already drawn (the stream starts a little before the page's data ends); system samples may
+      // repeat a step while an evaluation runs, so there only older steps are dropped.
+      if (step < after || (step === after && !chart.repeatsSteps)) return;
       const value = fragment.value[i];
       xs.push(fragment.epoch[i]);
       ys.push(value === null ? null : value * chart.scale);

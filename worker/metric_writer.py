@@ -90,6 +90,11 @@ class MetricWriter(Callback):
         self.last_error: BaseException | None = None
         self.flushes = 0  # successful writes (transactions)
         self.points_written = 0
+        # Points from add_points (system samples) ride along with the trainer's points; alone, they
+        # wait up to this long before they get a transaction of their own.
+        self.passenger_max_wait_s = 30.0
+        self._has_own_points = False  # the buffer holds trainer points (not only passengers)
+        self._passengers_since: float | None = None  # when the oldest waiting passenger arrived
 
     # ------------------------------------------------------------ callbacks ---
 
@@ -120,6 +125,18 @@ class MetricWriter(Callback):
                                      images_per_s=self.progress.images_per_s)
         self.flush_durably()
 
+    def add_points(self, points: list[PendingPoint]) -> None:
+        """Buffer points from another source (the system sampler's thread).
+
+        They go out with the next flush that has trainer points, or on their own once they
+        have waited `passenger_max_wait_s`: sampling adds no transaction of its own while
+        training reports, and its points still show up during a long evaluation.
+        """
+        with self._buffer_lock:
+            if self._passengers_since is None:
+                self._passengers_since = self._clock()
+            self._buffer.extend(points)
+
     # --------------------------------------------------------------- writes ---
 
     def elapsed(self) -> float:
@@ -131,16 +148,19 @@ class MetricWriter(Callback):
         """Points buffered but not yet written."""
         return len(self._buffer)
 
-    def flush(self) -> bool:
+    def flush(self, force: bool = False) -> bool:
         """Write the buffered points in one transaction; True when they were written (or there were none).
 
+        Without `force`, passengers alone (see add_points) wait until they are old enough.
         On failure the points stay buffered for the next attempt and the error is
         logged and kept in `last_error`; this never raises.
         """
         with self._flush_lock:
             with self._buffer_lock:
                 batch = list(self._buffer)
-            if not batch:
+                passengers_only = not self._has_own_points and self._passengers_since is not None
+                young = passengers_only and self._clock() - self._passengers_since < self.passenger_max_wait_s
+            if not batch or (young and not force):
                 return True
             try:
                 self._write_points(batch)
@@ -153,6 +173,8 @@ class MetricWriter(Callback):
             with self._buffer_lock:
                 # Only flushes remove points, and hooks only append, so the batch is still the prefix.
                 del self._buffer[:len(batch)]
+                if not self._buffer:
+                    self._has_own_points, self._passengers_since = False, None
             if self.consecutive_failures:
                 log.info("metric points written again after %d failed attempts", self.consecutive_failures)
             self.consecutive_failures = 0
@@ -163,7 +185,7 @@ class MetricWriter(Callback):
     def flush_durably(self) -> None:
         """Flush, retrying with backoff; raise MetricWriteError once `max_failures` attempts in a row failed."""
         delay = self.retry_delay_s
-        while not self.flush():
+        while not self.flush(force=True):
             self._raise_if_given_up()
             time.sleep(delay)
             delay = min(delay * 2, self.max_retry_delay_s)
@@ -178,6 +200,7 @@ class MetricWriter(Callback):
         # NaN and infinite values (a diverged training) are kept: the store writes them as NULL.
         with self._buffer_lock:
             self._buffer.extend(points)
+            self._has_own_points = True
 
     def _raise_if_given_up(self) -> None:
         if self.consecutive_failures >= self.max_failures:

@@ -80,6 +80,9 @@ class RunStore:
     def record_checkpoint(self, path: str, step: int) -> None:
         self.call(lifecycle.record_checkpoint, checkpoint_path=path, step=step)
 
+    def record_environment(self, precision: str, device_info: dict[str, Any]) -> None:
+        self.call(lifecycle.record_environment, precision=precision, device_info=device_info)
+
     def add_event(self, kind: str, message: str) -> None:
         self.call(lifecycle.add_event, kind=kind, message=message)
 

@@ -27,11 +27,12 @@ from app.models import Run, RunEventKind, RunStatus
 from app.services.run_config import resolve_dataset_path
 from ml.config import DatasetSpec, TrainConfig, from_dict
 from ml.data import load_splits
-from ml.trainer import Callback, TrainResult, TrainStart, load_checkpoint, train
+from ml.trainer import Callback, TrainResult, TrainStart, load_checkpoint, resolve_device, train
 from worker.celery_app import TRAIN_TASK, celery_app
 from worker.heartbeat import RunHeartbeat, heartbeat_interval_s
 from worker.metric_writer import MetricWriter
 from worker.store import RunStore, relative_to_artifacts
+from worker.system_metrics import EnvironmentRecorder, SystemSampler
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,14 @@ def execute_run(run: Run, store: RunStore, settings: Settings) -> str:
         splits = load_splits(spec, data_dir=settings.DATASETS_DIR, seed=config.seed,
                              val_fraction=config.val_fraction)
         recorder = RunRecorder(store, settings.ARTIFACTS_DIR)
-        result = train(run.model, config, splits, device="auto", callbacks=[writer, recorder],
-                       should_stop=heartbeat.should_stop, checkpoint_path=checkpoint,
-                       resume_from=checkpoint if resume else None, augment=spec.augment,
-                       allow_download=spec.download)
+        device = resolve_device("auto")
+        # System metrics (system/…) go through the same writer; the sampler stops before it closes.
+        with SystemSampler(writer, device, config.batch_size) as system:
+            result = train(run.model, config, splits, device=device,
+                           callbacks=[writer, recorder, system, EnvironmentRecorder(store, device)],
+                           should_stop=heartbeat.should_stop, checkpoint_path=checkpoint,
+                           resume_from=checkpoint if resume else None, augment=spec.augment,
+                           allow_download=spec.download)
         writer.close()  # the last points, durably, before the run is marked finished
     return finish(run, result, heartbeat, store, settings)
 

@@ -46,12 +46,19 @@ class ChartSpec:
     y_title: str
     suffix: str  # series whose name ends with this ("/loss", "/acc", "/lr") belong here
     scale: float = 1.0  # accuracy is stored as a fraction and shown in %
+    prefix: str = ""  # …and whose name starts with this ("system/")
+    # System samples repeat a step (during an evaluation the step stands still): draw those too.
+    repeats_steps: bool = False
+
+    def shows(self, metric: str) -> bool:
+        return metric.startswith(self.prefix) and metric.endswith(self.suffix)
 
 
 RUN_CHARTS = (
     ChartSpec("loss", "Loss", "cross-entropy loss", "/loss"),
     ChartSpec("acc", "Accuracy", "accuracy (%)", "/acc", scale=100.0),
     ChartSpec("lr", "Learning rate", "learning rate", "/lr"),
+    ChartSpec("system", "System", "%, MiB, images/s", "", prefix="system/", repeats_steps=True),
 )
 
 
@@ -67,7 +74,9 @@ def is_accuracy(metric: str) -> bool:
 def metric_label(metric: str) -> str:
     """"val/acc" → "val accuracy (%)"."""
     split, _, name = metric.partition("/")
-    words = {"acc": "accuracy (%)", "loss": "loss", "lr": "learning rate", "images_per_s": "images/s"}
+    words = {"acc": "accuracy (%)", "loss": "loss", "lr": "learning rate", "images_per_s": "images/s",
+             "cpu_percent": "CPU (%)", "rss_mib": "RSS (MiB)", "gpu_util_percent": "GPU utilisation (%)",
+             "gpu_memory_used_mib": "GPU memory used (MiB)", "gpu_memory_total_mib": "GPU memory total (MiB)"}
     return f"{split} {words.get(name, name)}" if name else metric
 
 
@@ -131,7 +140,7 @@ def run_figures(series: list[dict[str, Any]]) -> dict[str, str]:
                 meta={"metric": s["name"], "last_step": s["step"][-1] if s["step"] else -1},
                 hover="%{y:.2f} %" if spec.scale == 100.0 else "%{y:.4g}",
             )
-            for s in series if s["name"].endswith(spec.suffix)
+            for s in series if spec.shows(s["name"])
         ]
         layout = _base_layout(spec.title, spec.y_title)
         if spec.key == "lr":

@@ -258,6 +258,13 @@ def record_checkpoint(*, session: Session, run_id: int, checkpoint_path: str, st
     session.commit()
 
 
+def record_environment(*, session: Session, run_id: int, precision: str, device_info: dict[str, Any]) -> None:
+    """What the run trains on: its precision and device (name, torch, CUDA and driver versions)."""
+    begin_write(session)
+    session.execute(update(Run).where(Run.id == run_id).values(precision=precision[:200], device_info=device_info))
+    session.commit()
+
+
 # -------------------------------------------------------------- finishing ---
 
 def finish_run(*, session: Session, run_id: int, status: str, final_metrics: dict[str, Any] | None,

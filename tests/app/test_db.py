@@ -163,6 +163,7 @@ def test_migration_upgrade_keeps_rows(empty_engine: Engine) -> None:
         assert runs[0].best_metrics == {"val/acc": 0.5} and runs[0].created_at.tzinfo is not None
         assert session.scalar(select(func.count()).select_from(MetricPoint)) == 300
         assert session.scalar(select(func.count()).select_from(RunEvent)) == 6
+        assert all(run.precision is None and run.device_info == {} for run in runs)  # 0003_precision
         assert session.scalar(text("SELECT version_num FROM alembic_version")) == head_revision()
 
 

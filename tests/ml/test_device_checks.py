@@ -1,0 +1,55 @@
+"""bench/gpu_check.py's checks (a training step, checkpoint save and resume, evaluation) at every precision.
+
+The same functions run on the GPU machine without pytest; here they run on the CPU
+(fp32, and bf16 forced: autocast works on any CPU, natively fast or not) and, where
+CUDA is present, on the GPU (the `cuda` marker).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ml.precision import Precision, choose_precision
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.py"
+_spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+gpu_check = importlib.util.module_from_spec(_spec)
+sys.modules["gpu_check"] = gpu_check  # its dataclasses look their module up there
+_spec.loader.exec_module(gpu_check)
+
+CPU_PRECISIONS = [choose_precision("cpu", False), choose_precision("cpu", True, cpu_bf16_unit="forced by the test")]
+no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu_check.py runs it)")
+
+
+@pytest.mark.parametrize("check", gpu_check.CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("precision", CPU_PRECISIONS, ids=lambda p: p.name)
+def test_device_check_passes_on_cpu(check, precision: Precision) -> None:
+    assert check(torch.device("cpu"), precision)
+
+
+@pytest.mark.cuda
+@no_cuda
+@pytest.mark.parametrize("check", gpu_check.CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp16"])
+def test_device_check_passes_on_cuda(check, bf16: bool) -> None:
+    if bf16 and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    assert check(torch.device("cuda"), choose_precision("cuda", True, cuda_bf16=bf16))
+
+
+def test_device_check_fails_when_training_diverges(monkeypatch) -> None:
+    # A check that cannot fail proves nothing: a learning rate that blows up must fail it.
+    original = gpu_check.from_dict
+    monkeypatch.setattr(gpu_check, "from_dict", lambda cls, values: original(cls, {**values, "lr": 5.0}))
+    with pytest.raises(AssertionError):
+        gpu_check.check_training_step(torch.device("cpu"), CPU_PRECISIONS[0])
+
+
+def test_precisions_of_cpu_lists_fp32_first() -> None:
+    found = gpu_check.precisions_of(torch.device("cpu"))
+    assert found[0].name == "fp32" and len(found) in (1, 2)
