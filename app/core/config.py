@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     SSE_KEEPALIVE_S: float = Field(default=15.0, gt=0)
     DB_ECHO: bool = False
 
+    # Hard stops (worker side). A run that has not stopped this long after its cancel (or after
+    # MAX_RUN_SECONDS) has its training process killed and is recorded as cancelled, "forced".
+    CANCEL_GRACE_S: float = Field(default=30.0, gt=0)
+    # At most this many evaluations per run (epochs / eval_every), refused with 422 at launch.
+    MAX_EVALUATIONS_PER_RUN: int = Field(default=1000, ge=1)
+    # `trainboard serve`: a worker whose heartbeat is older than this (process stopped or
+    # deadlocked) is killed and replaced; one that exits is replaced at once.
+    EMBEDDED_WORKER_SILENT_S: float = Field(default=20.0, gt=0)
+
     @field_validator("TRAINBOARD_API_TOKEN")
     @classmethod
     def _empty_token_means_open(cls, value: str | None) -> str | None:
