@@ -14,9 +14,12 @@ counts the redelivery and the task resumes from the run's checkpoint.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import time
 import traceback
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,9 +32,10 @@ from ml.config import DatasetSpec, TrainConfig, from_dict
 from ml.data import load_splits
 from ml.trainer import Callback, TrainResult, TrainStart, load_checkpoint, train
 from worker.celery_app import TRAIN_TASK, celery_app
-from worker.heartbeat import RunHeartbeat, heartbeat_interval_s
+from worker.heartbeat import RunHeartbeat, heartbeat_interval_s, worker_stopping
 from worker.metric_writer import MetricWriter
 from worker.store import RunStore, relative_to_artifacts
+from worker.supervisor import train_in_child
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +43,32 @@ CHECKPOINT_NAME = "checkpoint.pt"
 TRACEBACK_EXCERPT_CHARS = 4000
 
 
+# The training runs in a child process the task supervises (worker.supervisor), so that a hung
+# step can be killed. Tests that patch the training in this process turn it off.
+TRAIN_IN_CHILD_PROCESS = True
+# Test-only: a training step that never returns, at this step (see hang_for_tests).
+HANG_AT_STEP_VARIABLE = "TRAINBOARD_TEST_HANG_AT_STEP"
+
+
 @celery_app.task(name=TRAIN_TASK)
-def train_run(run_id: int) -> str:
-    """Train run `run_id`; returns the status it ended in ("skipped" when it was not ours to train)."""
+def train_run(run_id: int, queued_at: str | None = None) -> str:
+    """Train run `run_id`; returns the status it ended in ("skipped" when it was not ours to train).
+
+    `queued_at` is the run's created_at when the task was sent: a run with that id but another
+    creation time is not the one this task was queued for.
+    """
     store = RunStore(run_id)
-    run = store.claim(worker_hostname())
-    if run is None:  # cancelled while queued, deleted, finished, or redelivered too often
+    run = store.claim(worker_hostname(), queued_at=datetime.fromisoformat(queued_at) if queued_at else None)
+    if run is None:  # cancelled while queued, deleted, finished, another run, trained elsewhere, redelivered too often
         log.info("run %s is not claimable; dropping the task", run_id)
         return "skipped"
+    if TRAIN_IN_CHILD_PROCESS:
+        return train_in_child(run_id, store, get_settings(), worker_stopping=worker_stopping())
+    return train_claimed_run(run, store)
+
+
+def train_claimed_run(run: Run, store: RunStore) -> str:
+    """Train a claimed run in this process and record how it ended, whatever happens."""
     try:
         return execute_run(run, store, get_settings())
     except BaseException as err:  # noqa: BLE001 - also KeyboardInterrupt/SystemExit: record, then re-raise
@@ -69,7 +91,7 @@ def execute_run(run: Run, store: RunStore, settings: Settings) -> str:
         splits = load_splits(spec, data_dir=settings.DATASETS_DIR, seed=config.seed,
                              val_fraction=config.val_fraction)
         recorder = RunRecorder(store, settings.ARTIFACTS_DIR)
-        result = train(run.model, config, splits, device="auto", callbacks=[writer, recorder],
+        result = train(run.model, config, splits, device="auto", callbacks=[writer, recorder, *hang_for_tests()],
                        should_stop=heartbeat.should_stop, checkpoint_path=checkpoint,
                        resume_from=checkpoint if resume else None, augment=spec.augment,
                        allow_download=spec.download)
@@ -150,6 +172,25 @@ class RunRecorder(Callback):
             write(*args)
         except Exception as err:
             log.warning("%s failed: %s: %s", getattr(write, "__name__", "write"), type(err).__name__, err)
+
+
+class HangAtStep(Callback):
+    """Test-only: from step `step` on, the training thread blocks for ever, deaf to cancels and SIGTERM."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, report: Any) -> None:
+        if report.step >= self.step:
+            log.warning("%s: hanging at step %s", HANG_AT_STEP_VARIABLE, report.step)
+            while True:
+                time.sleep(3600)
+
+
+def hang_for_tests() -> list[Callback]:
+    """[HangAtStep] when the test-only environment variable asks for it, else nothing."""
+    step = os.environ.get(HANG_AT_STEP_VARIABLE)
+    return [HangAtStep(int(step))] if step else []
 
 
 # ------------------------------------------------------------- finishing ---

@@ -53,7 +53,13 @@ def wait_for(condition, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_train_run_succeeds_with_every_evaluation_in_db(db, worker_settings, cifar_subset: Path,
+@pytest.fixture
+def in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train in the test's process (not a supervised child), so that patches reach the training."""
+    monkeypatch.setattr(tasks, "TRAIN_IN_CHILD_PROCESS", False)
+
+
+def test_train_run_succeeds_with_every_evaluation_in_db(db, worker_settings, cifar_subset: Path, in_this_process,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     batches = []
     original = lifecycle.add_metric_points
@@ -125,7 +131,7 @@ class WorkerDied(BaseException):
     """Stands in for the process vanishing: no `except Exception` sees it."""
 
 
-def test_train_run_redelivered_run_resumes_from_checkpoint(db, cifar_subset: Path,
+def test_train_run_redelivered_run_resumes_from_checkpoint(db, cifar_subset: Path, in_this_process,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     run_id = db.queue(db.tiny_dataset(cifar_subset), **dict(TINY, epochs=2))
 
@@ -141,6 +147,7 @@ def test_train_run_redelivered_run_resumes_from_checkpoint(db, cifar_subset: Pat
         train_run(run_id)
     assert db.run(run_id).status == "running"
     monkeypatch.undo()
+    monkeypatch.setattr(tasks, "TRAIN_IN_CHILD_PROCESS", False)
 
     assert train_run(run_id) == "succeeded"  # the redelivery
 
