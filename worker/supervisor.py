@@ -48,10 +48,12 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 POLL_INTERVAL_S = 0.5
 
 
-def die_with_parent(sig: int, parent_pid: int) -> None:
+def die_with_parent(sig: int, parent_pid: int, *, hard_exit_after_s: float | None = None) -> None:
     """Linux: the kernel sends `sig` to this process when its parent goes; exit at once if it already went.
 
-    Also a thread that watches the parent's pid, for kernels (or parents) where the signal is not delivered.
+    Also a thread that watches the parent's pid (for platforms without the signal), sends `sig`
+    when the parent is gone and, `hard_exit_after_s` later, kills this process group if this
+    process still lives (a warm shutdown that hangs).
     """
     if sys.platform == "linux":
         with suppress(OSError, AttributeError):
@@ -62,7 +64,14 @@ def die_with_parent(sig: int, parent_pid: int) -> None:
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(1.0)
+        log.warning("parent process %s is gone; stopping", parent_pid)
         os.kill(os.getpid(), sig)
+        if hard_exit_after_s is not None:
+            time.sleep(hard_exit_after_s)
+            log.error("still alive %.0f s after the parent went; killing this process group", hard_exit_after_s)
+            with suppress(OSError):
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+            os._exit(1)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
@@ -80,7 +89,8 @@ def child_main(run_id: int, parent_pid: int) -> None:
     # Only flags are set in a signal handler; the training stops at its next step.
     signal.signal(signal.SIGTERM, lambda *_: heartbeat.stop_all_trainings())
     store = RunStore(run_id)
-    tasks.train_claimed_run(store.load(), store)
+    status = tasks.train_claimed_run(store.load(), store)
+    log.info("run %s ended: %s", run_id, status)
 
 
 # ----------------------------------------------------------------- parent ---
@@ -116,6 +126,7 @@ def train_in_child(run_id: int, store: RunStore, settings: Settings, *,
             continue
         if worker_stopping.is_set():
             stop = Stop("shutdown", now)
+            log.info("worker shutting down: asking the training of run %s to stop", run_id)
             with suppress(ProcessLookupError):
                 os.kill(child.pid, signal.SIGTERM)
         elif now - started > settings.MAX_RUN_SECONDS:

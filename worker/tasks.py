@@ -9,6 +9,10 @@ database is gone), the watchdog fails the run once its heartbeat is stale.
 
 A redelivered task (its worker died) finds the run still `running`; claim_run
 counts the redelivery and the task resumes from the run's checkpoint.
+
+The claim happens in the worker's process; the training itself runs in a child
+process that worker.supervisor watches and kills when it does not stop in time
+(a hung step): the worker stays free for the next run whatever the training does.
 """
 
 from __future__ import annotations

@@ -365,18 +365,24 @@ def worker_heartbeat(*, session: Session, hostname: str, pid: int) -> None:
     session.commit()
 
 
-def worker_last_seen(*, session: Session, hostname: str, pid: int) -> datetime | None:
-    """When worker process (hostname, pid) last beat; None when it never did (or left cleanly)."""
-    last = session.execute(select(WorkerHeartbeat.last_seen).where(
-        WorkerHeartbeat.hostname == hostname, WorkerHeartbeat.pid == pid)).scalar_one_or_none()
+def _on_node(column: Any, node: str) -> Any:
+    """`column` holds Celery node name `node@<any host>` (%h expands to the host name)."""
+    escaped = node.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.like(f"{escaped}@%", escape="\\")
+
+
+def worker_last_seen(*, session: Session, node: str, pid: int) -> datetime | None:
+    """When worker process `pid` named `node@…` last beat; None when it never did (or left cleanly)."""
+    last = session.execute(select(func.max(WorkerHeartbeat.last_seen)).where(
+        _on_node(WorkerHeartbeat.hostname, node), WorkerHeartbeat.pid == pid)).scalar_one_or_none()
     session.commit()
     return last
 
 
-def fail_runs_of_worker(*, session: Session, hostname: str, message: str) -> list[int]:
-    """Fail the runs still `running` on worker `hostname` (it was killed); returns their ids."""
+def fail_runs_of_worker(*, session: Session, node: str, message: str) -> list[int]:
+    """Fail the runs still `running` on the worker named `node@…` (it was killed); returns their ids."""
     begin_write(session)
-    runs = session.scalars(select(Run).where(Run.status == RunStatus.running, Run.worker_host == hostname)
+    runs = session.scalars(select(Run).where(Run.status == RunStatus.running, _on_node(Run.worker_host, node))
                            .with_for_update()).all()
     for run in runs:
         _end_run(session, run, RunStatus.failed, RunEventKind.worker_lost, message, error=message)

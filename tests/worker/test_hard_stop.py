@@ -116,3 +116,26 @@ def test_training_process_killed_fails_the_run_and_frees_the_task(db, hard_stop_
     assert outcome == ["failed"]
     run = db.run(run_id)
     assert run.status == "failed" and "killed by signal 9" in run.error
+
+
+def test_worker_shutdown_stops_the_training_process_at_its_next_step(db, hard_stop_settings,
+                                                                     cifar_subset: Path) -> None:
+    from worker import supervisor
+    from worker.store import RunStore
+
+    run_id = db.queue(db.tiny_dataset(cifar_subset), **dict(TINY, epochs=50))
+    store = RunStore(run_id)
+    assert store.claim("celery@test") is not None
+    stopping = threading.Event()
+    outcome: list[str] = []
+    thread = threading.Thread(target=lambda: outcome.append(supervisor.train_in_child(
+        run_id, store, get_settings(), worker_stopping=stopping)), daemon=True)
+    thread.start()
+    wait_for(lambda: reached_step(db, run_id, 2), STARTUP_S, "training")
+
+    stopping.set()
+    thread.join(GRACE_S + 20)
+
+    assert outcome == ["failed"]
+    run = db.run(run_id)
+    assert run.error.startswith("interrupted at step") and "worker shut down" in run.error

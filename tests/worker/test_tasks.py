@@ -101,7 +101,7 @@ def test_train_run_cancel_while_running_stops_within_5s(db, worker_settings, cif
     outcome: list[str] = []
     worker = threading.Thread(target=lambda: outcome.append(train_run(run_id)))
     worker.start()
-    wait_for(lambda: evaluated_after_step_0(db.points(run_id)), 60, "the second evaluation")
+    wait_for(lambda: evaluated_after_step_0(db.points(run_id)), 180, "the second evaluation")
 
     cancelled_at = time.monotonic()
     cancel(run_id)
