@@ -38,7 +38,8 @@ from app.core.config import Settings, get_settings
 from app.core.db import get_engine, utcnow
 from app.services import lifecycle
 
-WORKER_STOP_TIMEOUT_S = 10.0
+# A warm shutdown: the training stops at its next step, records it, and its process exits.
+WORKER_STOP_TIMEOUT_S = 20.0
 # The worker reads this to die with `trainboard serve` (worker.celery_app).
 EMBEDDED_PARENT_VARIABLE = "TRAINBOARD_EMBEDDED_PARENT_PID"
 # A worker that has not beaten at all this long after its start (importing torch included) is replaced.

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 pytestmark = pytest.mark.slow
 
-STOP_TIMEOUT_S = 15
+STOP_TIMEOUT_S = 40  # the worker's warm shutdown takes up to WORKER_STOP_TIMEOUT_S (20 s)
 
 
 def trainboard_command() -> list[str]:
