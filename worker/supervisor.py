@@ -165,8 +165,8 @@ def record_forced_stop(store: RunStore, stop: Stop, settings: Settings) -> str:
     message = (f"cancelled (forced): {why} and its training did not stop within {grace}, so its process "
                f"was killed; {lost}")
     log.warning("run %s: %s", store.run_id, message)
-    store.finish(RunStatus.cancelled, message=message)
-    return RunStatus.cancelled.value
+    store.finish(RunStatus.cancelled, message=message)  # nothing written when the run had ended meanwhile
+    return store.status() or RunStatus.cancelled.value
 
 
 def after_child_exit(store: RunStore, exitcode: int) -> str:

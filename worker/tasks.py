@@ -66,9 +66,13 @@ def train_run(run_id: int, queued_at: str | None = None) -> str:
     if run is None:  # cancelled while queued, deleted, finished, another run, trained elsewhere, redelivered too often
         log.info("run %s is not claimable; dropping the task", run_id)
         return "skipped"
-    if TRAIN_IN_CHILD_PROCESS:
+    if not TRAIN_IN_CHILD_PROCESS:
+        return train_claimed_run(run, store)
+    try:
         return train_in_child(run_id, store, get_settings(), worker_stopping=worker_stopping())
-    return train_claimed_run(run, store)
+    except Exception as err:  # e.g. the training process could not start: the run must not stay running
+        fail_run(store, err)
+        return RunStatus.failed.value
 
 
 def train_claimed_run(run: Run, store: RunStore) -> str:
