@@ -178,3 +178,21 @@ def test_serve_killed_hard_with_a_hung_step_leaves_no_worker(embedded_stack: Any
     assert gone_after < 60
     row = run_row(stack, run_id)
     assert row["status"] == "failed" and "did not stop within 3 s" in row["error"], row
+
+
+def test_serve_two_workers_train_two_runs_at_once_and_stop_together(embedded_stack: Any, unused_port: int,
+                                                                     cifar_subset: Path) -> None:
+    stack = embedded_stack
+    serve = stack.start("serve", [*trainboard_command(), "serve", "--port", str(unused_port), "--workers", "2"])
+    stack.base_url = f"http://127.0.0.1:{unused_port}"
+    stack.wait_healthy(lambda health: health["workers"] >= 2, serve)
+    banner = re.search(r"worker pids (\d+), (\d+)", serve.log_path.read_text())
+    assert banner, serve.log_tail()
+    first, second = launch(stack, cifar_subset), launch(stack, cifar_subset)
+
+    wait_until(lambda: started_training(stack, first) and started_training(stack, second), 120,
+               "both runs training at once", stack)
+
+    assert run_row(stack, first)["worker_host"] != run_row(stack, second)["worker_host"]
+    ctrl_c_and_wait(serve, int(banner.group(1)))
+    assert not is_alive(int(banner.group(2)))
