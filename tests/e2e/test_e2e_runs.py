@@ -128,7 +128,7 @@ def assert_hung_run_cancel_is_forced_and_next_run_starts(stack: Any, dataset_roo
     assert run_row(stack, hung)["status"] == "running" and run_row(stack, following)["status"] == "queued"
 
     with stack.api() as api:
-        assert api.post(f"/api/runs/{hung}/cancel").status_code == 200
+        assert api.post(f"/api/runs/{hung}/cancel").status_code == 202
     cancelled_at = time.monotonic()
     wait_until(lambda: run_row(stack, following)["status"] != "queued", 60, "the next run starts", stack)
 

@@ -170,7 +170,7 @@ def test_serve_killed_hard_with_a_hung_step_leaves_no_worker(embedded_stack: Any
     serve, worker_pid = start_serve(stack, unused_port)
     run_id = launch(stack, cifar_subset)
     wait_until(lambda: run_row(stack, run_id)["step"] >= 2, 120, "the step that hangs", stack)
-    assert len(process_group_members(worker_pid)) == 2  # the worker and its training process
+    assert len(process_group_members(worker_pid)) >= 2  # the worker, its training process (and mp resource tracker)
 
     os.kill(serve.pid, signal.SIGKILL)  # no shutdown code runs in serve
 
