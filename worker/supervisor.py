@@ -114,6 +114,16 @@ def train_in_child(run_id: int, store: RunStore, settings: Settings, *,
         target=child_main, args=(run_id, os.getpid()), name=f"train-run-{run_id}")
     child.start()
     log.info("run %s trains in process %s", run_id, child.pid)
+    try:
+        return _supervise(child, run_id, store, settings, worker_stopping, poll_interval_s)
+    finally:
+        if child.is_alive():  # leaving abnormally (e.g. a Celery time limit in a prefork pool)
+            child.kill()
+            child.join()
+
+
+def _supervise(child: multiprocessing.process.BaseProcess, run_id: int, store: RunStore, settings: Settings,
+               worker_stopping: threading.Event, poll_interval_s: float) -> str:
     started = time.monotonic()
     last_poll = 0.0
     stop: Stop | None = None

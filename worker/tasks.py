@@ -61,8 +61,13 @@ def train_run(run_id: int, queued_at: str | None = None) -> str:
     `queued_at` is the run's created_at when the task was sent: a run with that id but another
     creation time is not the one this task was queued for.
     """
+    try:
+        created_at = datetime.fromisoformat(queued_at) if queued_at else None
+    except (TypeError, ValueError):
+        log.warning("run %s: unreadable queued_at %r; dropping the task", run_id, queued_at)
+        return "skipped"
     store = RunStore(run_id)
-    run = store.claim(worker_hostname(), queued_at=datetime.fromisoformat(queued_at) if queued_at else None)
+    run = store.claim(worker_hostname(), queued_at=created_at)
     if run is None:  # cancelled while queued, deleted, finished, another run, trained elsewhere, redelivered too often
         log.info("run %s is not claimable; dropping the task", run_id)
         return "skipped"
