@@ -157,3 +157,23 @@ def test_train_run_redelivered_run_resumes_from_checkpoint(db, cifar_subset: Pat
     # Each evaluation once: the points written after the checkpoint's step were replaced, not duplicated.
     assert eval_steps(db.points(run_id)) == every_evaluation(run, epochs=2)
     assert run.step == run.total_steps
+
+
+@pytest.mark.parametrize("queued_at", ["2000-01-01T00:00:00+00:00", "not a time"])
+def test_train_run_queued_for_another_run_is_dropped(db, queued_at: str) -> None:
+    run_id = db.queue({"kind": "cifar10"}, **TINY)
+
+    assert train_run(run_id, queued_at=queued_at) == "skipped"
+
+    run = db.run(run_id)
+    assert run.status == "queued" and run.started_at is None
+
+
+def test_train_run_with_its_own_queued_at_is_claimed(db, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_id = db.queue({"kind": "cifar10"}, **TINY)
+    claimed: list[int] = []
+    monkeypatch.setattr(tasks, "train_in_child", lambda run_id, *args, **kwargs: claimed.append(run_id) or "done")
+
+    assert train_run(run_id, queued_at=db.run(run_id).created_at.isoformat()) == "done"
+
+    assert claimed == [run_id] and db.run(run_id).status == "running"
