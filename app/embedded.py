@@ -103,6 +103,7 @@ class WorkerSupervisor:
         self.process: subprocess.Popen | None = None
         self.node = ""
         self._spawned_at = 0.0
+        self._seen_beat = False
         self._stopping = threading.Event()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"{name}-supervisor", daemon=True)
@@ -142,6 +143,7 @@ class WorkerSupervisor:
         self.node = f"{self.name}-{self.generation}"
         self.process = start_worker(self.node, self.env)
         self._spawned_at = time.monotonic()
+        self._seen_beat = False
 
     def _problem(self) -> str | None:
         """Why the worker must be replaced, or None while it is fine."""
@@ -152,9 +154,12 @@ class WorkerSupervisor:
         try:
             with Session(get_engine()) as session:
                 last = lifecycle.worker_last_seen(session=session, node=self.node, pid=self.process.pid)
-        except Exception as err:  # the database blinked: the worker is not to blame
-            print(f"supervisor: cannot read the worker's heartbeat: {type(err).__name__}: {err}", file=sys.stderr)
+        except Exception as err:  # the database blinked (or has no schema yet): the worker is not to blame
+            if self._seen_beat:
+                print(f"supervisor: cannot read the worker's heartbeat: {type(err).__name__}: {err}",
+                      file=sys.stderr)
             return None
+        self._seen_beat = self._seen_beat or last is not None
         if last is None:
             waited = time.monotonic() - self._spawned_at
             return f"did not report ready within {waited:.0f} s" if waited > WORKER_STARTUP_LIMIT_S else None
