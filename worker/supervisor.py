@@ -37,9 +37,11 @@ import threading
 import time
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Any
 
 from app.core.config import Settings
 from app.models import RunStatus
+from app.services import lifecycle
 from worker.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -78,8 +80,12 @@ def die_with_parent(sig: int, parent_pid: int, *, hard_exit_after_s: float | Non
 
 # ------------------------------------------------------------------ child ---
 
-def child_main(run_id: int, parent_pid: int) -> None:
-    """The child process: train the claimed run `run_id` (worker.tasks.train_claimed_run)."""
+def child_main(run_id: int, parent_pid: int, ready: Any = None) -> None:
+    """The child process: train the claimed run `run_id` (worker.tasks.train_claimed_run).
+
+    `ready` (an Event) is set once the imports are done: from then on the run's own heartbeat
+    thread beats; until then the supervisor beats for it.
+    """
     die_with_parent(signal.SIGKILL, parent_pid)
     # Ctrl-C in a terminal reaches the whole process group: the worker decides, and tells us by SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -89,7 +95,10 @@ def child_main(run_id: int, parent_pid: int) -> None:
     # Only flags are set in a signal handler; the training stops at its next step.
     signal.signal(signal.SIGTERM, lambda *_: heartbeat.stop_all_trainings())
     store = RunStore(run_id)
-    status = tasks.train_claimed_run(store.load(), store)
+    run = store.load()
+    if ready is not None:
+        ready.set()
+    status = tasks.train_claimed_run(run, store)
     log.info("run %s ended: %s", run_id, status)
     # Everything is written and committed: skip the interpreter's teardown (seconds with torch
     # loaded on a busy machine), which a worker's warm shutdown would otherwise wait for.
@@ -110,20 +119,21 @@ class Stop:
 def train_in_child(run_id: int, store: RunStore, settings: Settings, *,
                    worker_stopping: threading.Event, poll_interval_s: float = POLL_INTERVAL_S) -> str:
     """Train run `run_id` (claimed already) in a child process; returns the run's final status."""
-    child = multiprocessing.get_context("spawn").Process(
-        target=child_main, args=(run_id, os.getpid()), name=f"train-run-{run_id}")
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    child = context.Process(target=child_main, args=(run_id, os.getpid(), ready), name=f"train-run-{run_id}")
     child.start()
     log.info("run %s trains in process %s", run_id, child.pid)
     try:
-        return _supervise(child, run_id, store, settings, worker_stopping, poll_interval_s)
+        return _supervise(child, ready, run_id, store, settings, worker_stopping, poll_interval_s)
     finally:
         if child.is_alive():  # leaving abnormally (e.g. a Celery time limit in a prefork pool)
             child.kill()
             child.join()
 
 
-def _supervise(child: multiprocessing.process.BaseProcess, run_id: int, store: RunStore, settings: Settings,
-               worker_stopping: threading.Event, poll_interval_s: float) -> str:
+def _supervise(child: multiprocessing.process.BaseProcess, ready: Any, run_id: int, store: RunStore,
+               settings: Settings, worker_stopping: threading.Event, poll_interval_s: float) -> str:
     started = time.monotonic()
     last_poll = 0.0
     stop: Stop | None = None
@@ -132,6 +142,8 @@ def _supervise(child: multiprocessing.process.BaseProcess, run_id: int, store: R
         if child.exitcode is not None:
             break
         now = time.monotonic()
+        if not ready.is_set() and now - last_poll >= settings.HEARTBEAT_INTERVAL_S:
+            beat_for_starting_child(store)  # spawning imports torch: seconds, longer than a short timeout
         if stop is not None:
             if now - stop.at > settings.CANCEL_GRACE_S:
                 child.kill()
@@ -152,6 +164,13 @@ def _supervise(child: multiprocessing.process.BaseProcess, run_id: int, store: R
                 stop = Stop("cancel", now)
     log.info("the training process of run %s exited (code %s)", run_id, child.exitcode)
     return after_child_exit(store, child.exitcode)
+
+
+def beat_for_starting_child(store: RunStore) -> None:
+    try:
+        store.call(lifecycle.heartbeat_run)
+    except Exception as err:
+        log.warning("run %s heartbeat failed: %s: %s", store.run_id, type(err).__name__, err)
 
 
 def cancel_requested(store: RunStore) -> bool:
