@@ -15,6 +15,10 @@ from the worker's threads) and watches it from the worker's main process:
 - the child dies on its own (OOM killer, segfault) before finishing the run:
   the run is failed with the exit code or signal.
 
+While the child starts (spawning imports torch: seconds), the supervisor beats the run's
+heartbeat for it; once the child is ready its own heartbeat thread takes over, so a stopped
+child still goes silent for the watchdog.
+
 The worker process itself never trains, so after any of these it is free to take
 the next run at once. The child dies with the worker (PR_SET_PDEATHSIG, and a
 check of its parent's pid), so a killed worker never leaves a training behind.
