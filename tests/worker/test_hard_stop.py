@@ -96,11 +96,11 @@ def test_run_past_max_run_seconds_stops_at_its_next_step(db, hard_stop_settings,
 
 
 def training_child_pids() -> list[int]:
-    """This process's children that run the training (multiprocessing's spawn children)."""
+    """This process's children that run the training (spawn children, not the resource tracker)."""
     children = []
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
         children += [int(pid) for pid in (task / "children").read_text().split()]
-    return [pid for pid in children if b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    return [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def test_training_process_killed_fails_the_run_and_frees_the_task(db, hard_stop_settings,
