@@ -96,6 +96,7 @@ class Run(RunBase, table=True):
         Index("ix_run_best_val_acc", "best_val_acc"),
         Index("ix_run_test_acc", "test_acc"),
         Index("ix_run_duration_s", "duration_s"),
+        {"sqlite_autoincrement": True},  # ids are never reused (migration 0003_worker)
     )
 
     id: int | None = Field(default=None, primary_key=True)

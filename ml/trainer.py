@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.batching import BatchLoader, data_placement, place
-from ml.config import TrainConfig, from_dict, to_dict, validate
+from ml.config import ConfigError, TrainConfig, from_dict, to_dict, validate
 from ml.models import build_model, count_parameters
 from ml.precision import FP32_CPU, Precision, choose_precision
 
@@ -148,10 +148,14 @@ def eval_schedule(steps_per_epoch: int, epochs: int, every: float) -> dict[int, 
     """
     total = steps_per_epoch * epochs
     points = {0: 0.0}
-    k = 1
-    while (step := math.floor(k * every * steps_per_epoch + 0.5)) < total:  # round half up
+    # At least one training step between evaluations, so the loop below runs at most `total` times
+    # whatever `every` is (a tiny one, e.g. 1e-300, would otherwise never reach `total`).
+    every = max(every, 1 / max(steps_per_epoch, 1))
+    for k in range(1, math.ceil(epochs / every) + 1):
+        step = math.floor(k * every * steps_per_epoch + 0.5)  # round half up
+        if step >= total:
+            break
         points.setdefault(max(step, 1), round(k * every, 6))
-        k += 1
     points[total] = float(epochs)
     return points
 
@@ -431,6 +435,7 @@ def train(model_name: str, config: TrainConfig, splits: Any, *, device: str | to
     scheduler = build_scheduler(optimizer, config)
     loaders, data_note = _loaders(splits, config, device, augment)
     steps_per_epoch = len(loaders["train"])
+    check_batch_fits(config, len(splits.train))
     run = _Run(config=config, model_name=model_name, model=model, optimizer=optimizer, scheduler=scheduler,
                loaders=loaders, callbacks=list(callbacks), should_stop=should_stop or (lambda: False),
                checkpoint_path=Path(checkpoint_path) if checkpoint_path else None, device=device,
@@ -441,6 +446,13 @@ def train(model_name: str, config: TrainConfig, splits: Any, *, device: str | to
     if resume_from is not None:
         _restore(run, load_checkpoint(resume_from, map_location=device))
     return _fit(run, splits)
+
+
+def check_batch_fits(config: TrainConfig, num_train: int) -> None:
+    """ConfigError naming both numbers when not one full training batch fits in the split."""
+    if config.batch_size > num_train:
+        raise ConfigError({"batch_size": f"batch_size {config.batch_size} is larger than the training split "
+                                         f"({num_train} images): lower batch_size or train on more images"})
 
 
 def _restore(run: _Run, state: dict[str, Any]) -> None:

@@ -61,3 +61,18 @@ def _create_broker_folders(**_: object) -> None:
     """filesystem://: Kombu does not create its folders. Done when a worker starts (and by the
     web app on start-up and before sending), not on import, so importing has no side effects."""
     get_settings().ensure_broker_dirs()
+
+
+@worker_init.connect
+def _die_with_embedding_parent(**_: object) -> None:
+    """An embedded worker (`trainboard serve`) exits when serve goes, however it goes: SIGTERM (a
+    warm shutdown, which stops the training) and, if that hangs, SIGKILL to its process group."""
+    import os
+    import signal
+
+    from app.embedded import EMBEDDED_PARENT_VARIABLE
+    from worker.supervisor import die_with_parent
+
+    parent = os.environ.get(EMBEDDED_PARENT_VARIABLE)
+    if parent and parent.isascii() and parent.isdigit():
+        die_with_parent(signal.SIGTERM, int(parent), hard_exit_after_s=get_settings().CANCEL_GRACE_S + 10)

@@ -158,12 +158,26 @@ def _start_worker_heartbeat(sender: Any = None, **_: Any) -> None:
     _worker_heartbeat.start()
 
 
-@signals.worker_shutting_down.connect
-def _stop_trainings(**_: Any) -> None:
-    # Runs inside Celery's signal handler on the main thread: only set flags here.
+def stop_all_trainings() -> None:
+    """Ask every training of this process to stop at its next step (the worker shuts down).
+
+    Called from signal handlers: it only sets flags. The worker's supervisor
+    (worker.supervisor) also reads `worker_stopping` and tells its training process.
+    """
     _worker_stopping.set()
     for heartbeat in list(_active_heartbeats):
         heartbeat.request_stop(worker_stopping=True)
+
+
+@signals.worker_shutting_down.connect
+def _stop_trainings(**_: Any) -> None:
+    # Runs inside Celery's signal handler on the main thread: only set flags here.
+    stop_all_trainings()
+
+
+def worker_stopping() -> threading.Event:
+    """Set once this worker process shuts down."""
+    return _worker_stopping
 
 
 @signals.worker_shutdown.connect

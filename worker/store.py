@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -48,14 +49,30 @@ class RunStore:
 
     # ------------------------------------------------------------- lifecycle ---
 
-    def claim(self, hostname: str, attempts: int = 5) -> Run | None:
+    def claim(self, hostname: str, attempts: int = 5, queued_at: datetime | None = None) -> Run | None:
         """claim_run, retried: a database blink must not leave a delivered run queued forever."""
         def claim() -> Run | None:
             with Session(self.engine, expire_on_commit=False) as session:
                 return lifecycle.claim_run(session=session, run_id=self.run_id, hostname=hostname,
-                                           pid=os.getpid())
+                                           pid=os.getpid(), queued_at=queued_at)
 
         return retry(claim, attempts=attempts, what=f"claiming run {self.run_id}")
+
+    def load(self) -> Run:
+        """The run as claimed (detached, fully loaded); for the training process the claim started."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            run = session.get(Run, self.run_id)
+            if run is None:
+                raise LookupError(f"run {self.run_id} is gone")
+            session.expunge(run)
+            return run
+
+    def status(self) -> str | None:
+        return retry(lambda: self.call(lifecycle.run_status), attempts=3, what=f"reading run {self.run_id}")
+
+    def request_stop(self, message: str) -> bool:
+        return retry(lambda: self.call(lifecycle.request_stop, message=message), attempts=3,
+                     what=f"asking run {self.run_id} to stop")
 
     def write_points(self, points: Sequence[PendingPoint]) -> None:
         """The MetricWriter's sink: one transaction per batch."""
@@ -91,10 +108,11 @@ class RunStore:
 
     def finish(self, status: str, *, final_metrics: dict[str, Any] | None = None,
                best_metrics: dict[str, Any] | None = None, error: str | None = None,
-               checkpoint_path: str | None = None, attempts: int = 5) -> Run | None:
+               checkpoint_path: str | None = None, attempts: int = 5, message: str | None = None) -> Run | None:
         """finish_run, retried: a run must not stay `running` because the database blinked."""
         return retry(lambda: self.call(lifecycle.finish_run, status=status, final_metrics=final_metrics,
-                                       best_metrics=best_metrics, error=error, checkpoint_path=checkpoint_path),
+                                       best_metrics=best_metrics, error=error, checkpoint_path=checkpoint_path,
+                                       message=message),
                      attempts=attempts, what=f"finishing run {self.run_id} as {status}")
 
 

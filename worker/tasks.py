@@ -9,14 +9,21 @@ database is gone), the watchdog fails the run once its heartbeat is stale.
 
 A redelivered task (its worker died) finds the run still `running`; claim_run
 counts the redelivery and the task resumes from the run's checkpoint.
+
+The claim happens in the worker's process; the training itself runs in a child
+process that worker.supervisor watches and kills when it does not stop in time
+(a hung step): the worker stays free for the next run whatever the training does.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import time
 import traceback
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,10 +36,11 @@ from ml.config import DatasetSpec, TrainConfig, from_dict
 from ml.data import load_splits
 from ml.trainer import Callback, TrainResult, TrainStart, load_checkpoint, resolve_device, train
 from worker.celery_app import TRAIN_TASK, celery_app
-from worker.heartbeat import RunHeartbeat, heartbeat_interval_s
+from worker.heartbeat import RunHeartbeat, heartbeat_interval_s, worker_stopping
 from worker.metric_writer import MetricWriter
 from worker.store import RunStore, relative_to_artifacts
 from worker.system_metrics import EnvironmentRecorder, SystemSampler
+from worker.supervisor import train_in_child
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +48,41 @@ CHECKPOINT_NAME = "checkpoint.pt"
 TRACEBACK_EXCERPT_CHARS = 4000
 
 
+# The training runs in a child process the task supervises (worker.supervisor), so that a hung
+# step can be killed. Tests that patch the training in this process turn it off.
+TRAIN_IN_CHILD_PROCESS = True
+# Test-only: a training step that never returns, at this step (see hang_for_tests).
+HANG_AT_STEP_VARIABLE = "TRAINBOARD_TEST_HANG_AT_STEP"
+
+
 @celery_app.task(name=TRAIN_TASK)
-def train_run(run_id: int) -> str:
-    """Train run `run_id`; returns the status it ended in ("skipped" when it was not ours to train)."""
+def train_run(run_id: int, queued_at: str | None = None) -> str:
+    """Train run `run_id`; returns the status it ended in ("skipped" when it was not ours to train).
+
+    `queued_at` is the run's created_at when the task was sent: a run with that id but another
+    creation time is not the one this task was queued for.
+    """
+    try:
+        created_at = datetime.fromisoformat(queued_at) if queued_at else None
+    except (TypeError, ValueError):
+        log.warning("run %s: unreadable queued_at %r; dropping the task", run_id, queued_at)
+        return "skipped"
     store = RunStore(run_id)
-    run = store.claim(worker_hostname())
-    if run is None:  # cancelled while queued, deleted, finished, or redelivered too often
+    run = store.claim(worker_hostname(), queued_at=created_at)
+    if run is None:  # cancelled while queued, deleted, finished, another run, trained elsewhere, redelivered too often
         log.info("run %s is not claimable; dropping the task", run_id)
         return "skipped"
+    if not TRAIN_IN_CHILD_PROCESS:
+        return train_claimed_run(run, store)
+    try:
+        return train_in_child(run_id, store, get_settings(), worker_stopping=worker_stopping())
+    except Exception as err:  # e.g. the training process could not start: the run must not stay running
+        fail_run(store, err)
+        return RunStatus.failed.value
+
+
+def train_claimed_run(run: Run, store: RunStore) -> str:
+    """Train a claimed run in this process and record how it ended, whatever happens."""
     try:
         return execute_run(run, store, get_settings())
     except BaseException as err:  # noqa: BLE001 - also KeyboardInterrupt/SystemExit: record, then re-raise
@@ -74,7 +109,8 @@ def execute_run(run: Run, store: RunStore, settings: Settings) -> str:
         # System metrics (system/…) go through the same writer; the sampler stops before it closes.
         with SystemSampler(writer, device, config.batch_size) as system:
             result = train(run.model, config, splits, device=device,
-                           callbacks=[writer, recorder, system, EnvironmentRecorder(store, device)],
+                           callbacks=[writer, recorder, system, EnvironmentRecorder(store, device),
+                                      *hang_for_tests()],
                            should_stop=heartbeat.should_stop, checkpoint_path=checkpoint,
                            resume_from=checkpoint if resume else None, augment=spec.augment,
                            allow_download=spec.download)
@@ -155,6 +191,25 @@ class RunRecorder(Callback):
             write(*args)
         except Exception as err:
             log.warning("%s failed: %s: %s", getattr(write, "__name__", "write"), type(err).__name__, err)
+
+
+class HangAtStep(Callback):
+    """Test-only: from step `step` on, the training thread blocks for ever, deaf to cancels and SIGTERM."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, report: Any) -> None:
+        if report.step >= self.step:
+            log.warning("%s: hanging at step %s", HANG_AT_STEP_VARIABLE, report.step)
+            while True:
+                time.sleep(3600)
+
+
+def hang_for_tests() -> list[Callback]:
+    """[HangAtStep] when the test-only environment variable asks for it, else nothing."""
+    step = os.environ.get(HANG_AT_STEP_VARIABLE)
+    return [HangAtStep(int(step))] if step else []
 
 
 # ------------------------------------------------------------- finishing ---

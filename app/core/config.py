@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     MAX_CACHED_VISUALIZATIONS: int = Field(default=200, ge=1)
     # Visualisation requests computing at once (model loads and forward passes in the web process); 429 beyond.
     VISUALIZE_MAX_CONCURRENT: int = Field(default=8, ge=1)
+    # Hard stops (worker side). A run that has not stopped this long after its cancel (or after
+    # MAX_RUN_SECONDS) has its training process killed and is recorded as cancelled, "forced".
+    CANCEL_GRACE_S: float = Field(default=30.0, gt=0)
+    # At most this many evaluations per run (epochs / eval_every), refused with 422 at launch.
+    MAX_EVALUATIONS_PER_RUN: int = Field(default=1000, ge=1)
+    # `trainboard serve`: a worker whose heartbeat is older than this (process stopped or
+    # deadlocked) is killed and replaced; one that exits is replaced at once.
+    EMBEDDED_WORKER_SILENT_S: float = Field(default=20.0, gt=0)
 
     @field_validator("TRAINBOARD_API_TOKEN")
     @classmethod

@@ -121,11 +121,18 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 
     _create_sqlite_folder(engine)
     with engine.connect() as connection:
-        connection = connection.execution_options(**{WRITE_TRANSACTION: True})
-        with connection.begin():
-            if connection.dialect.name == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-            command.upgrade(alembic_config(connection), revision)
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:  # rebuilding a table (batch mode) must not cascade its drop; only settable outside a transaction
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        try:
+            connection = connection.execution_options(**{WRITE_TRANSACTION: True})
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                command.upgrade(alembic_config(connection), revision)
+        finally:
+            if sqlite:
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
 
 
 def _create_sqlite_folder(engine: Engine) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable
+from datetime import datetime
+from typing import Iterable, Mapping
 
 from kombu.exceptions import KombuError
 from kombu.utils.url import maybe_sanitize_url
@@ -44,9 +45,12 @@ def _unavailable(settings: Settings, err: BaseException) -> BrokerUnavailable:
 _BROKER_ERRORS = (KombuError, OSError, ConnectionError, TimeoutError)
 
 
-def dispatch_train_runs(run_ids: Iterable[int], *, settings: Settings | None = None) -> None:
-    """Send `worker.tasks.train_run(run_id)` for each id, over one connection.
+def dispatch_train_runs(run_ids: Iterable[int], *, settings: Settings | None = None,
+                        queued_at: Mapping[int, datetime] | None = None) -> None:
+    """Send `worker.tasks.train_run(run_id, queued_at=…)` for each id, over one connection.
 
+    `queued_at` maps a run id to the run's created_at: the worker drops a task whose run
+    has another created_at (a different run that got the id).
     Raises BrokerUnavailable when the broker cannot be reached; some tasks may have
     been sent before the failure (claim_run ignores tasks of deleted runs).
     """
@@ -61,8 +65,10 @@ def dispatch_train_runs(run_ids: Iterable[int], *, settings: Settings | None = N
                                          timeout=settings.BROKER_CONNECT_TIMEOUT_S)
             for run_id in run_ids:
                 # By name: the web app never imports worker.tasks (and with it torch).
-                celery_app.send_task(TRAIN_TASK, args=[run_id], connection=connection, retry=False,
-                                     queue=settings.TRAIN_QUEUE)
+                when = (queued_at or {}).get(run_id)
+                kwargs = {"queued_at": when.isoformat()} if when is not None else {}
+                celery_app.send_task(TRAIN_TASK, args=[run_id], kwargs=kwargs, connection=connection,
+                                     retry=False, queue=settings.TRAIN_QUEUE)
     except _BROKER_ERRORS as err:
         logger.warning("dispatch of runs %s failed: %s", run_ids, err)
         raise _unavailable(settings, err) from err

@@ -100,8 +100,9 @@ def _end_run(session: Session, run: Run, status: RunStatus, kind: str, message: 
 
 # --------------------------------------------------------------- claiming ---
 
-def claim_run(*, session: Session, run_id: int, hostname: str,
-              max_redeliveries: int | None = None, pid: int | None = None) -> Run | None:
+def claim_run(*, session: Session, run_id: int, hostname: str, max_redeliveries: int | None = None,
+              pid: int | None = None, queued_at: datetime | None = None,
+              live_after: datetime | None = None) -> Run | None:
     """Take run `run_id` for this worker: queued → running. Returns the run (detached, fully
     loaded: read run.hyperparameters, run.dataset, run.checkpoint_path freely), or None to drop the task.
 
@@ -113,13 +114,25 @@ def claim_run(*, session: Session, run_id: int, hostname: str,
       `max_redeliveries` times (default: settings.MAX_REDELIVERIES) is failed
       instead, and one whose cancel was requested is cancelled; both return None.
     - missing, cancelled, succeeded or failed: None (nothing is written).
+    - `queued_at` (the run's created_at, sent with the task) differs from the run's: the task
+      was queued for another run that had this id; None (nothing is written).
+    - running on another host whose heartbeat is newer than `live_after` (default: now minus
+      HEARTBEAT_TIMEOUT_S): another worker is training it (a duplicate delivery); None.
     """
+    settings = get_settings()
     if max_redeliveries is None:
-        max_redeliveries = get_settings().MAX_REDELIVERIES
+        max_redeliveries = settings.MAX_REDELIVERIES
+    if live_after is None:
+        live_after = utcnow() - timedelta(seconds=settings.HEARTBEAT_TIMEOUT_S)
     begin_write(session)
     run = _locked_run(session, run_id)
-    if run is None or run.status in TERMINAL_STATUSES:
+    if run is None or run.status in TERMINAL_STATUSES or not same_run(run, queued_at):
         session.commit()
+        return None
+    last_sign_of_life = run.heartbeat_at or run.started_at
+    if (run.status == RunStatus.running and run.worker_host != hostname and last_sign_of_life is not None
+            and last_sign_of_life > live_after):
+        session.commit()  # a live worker trains it: a second one must not
         return None
 
     now = utcnow()
@@ -146,6 +159,16 @@ def claim_run(*, session: Session, run_id: int, hostname: str,
     run.heartbeat_at = now
     session.commit()
     return _loaded_and_detached(session, run)
+
+
+def same_run(run: Run, queued_at: datetime | None) -> bool:
+    """True when `run` is the run a task sent with `queued_at` (its created_at) was queued for.
+
+    Tasks sent before tokens existed carry none and are trusted.
+    """
+    if queued_at is None:
+        return True
+    return abs((run.created_at - queued_at).total_seconds()) < 0.001
 
 
 # ---------------------------------------------------------------- metrics ---
@@ -269,12 +292,12 @@ def record_environment(*, session: Session, run_id: int, precision: str, device_
 
 def finish_run(*, session: Session, run_id: int, status: str, final_metrics: dict[str, Any] | None,
                best_metrics: dict[str, Any] | None, error: str | None = None,
-               checkpoint_path: str | None = None) -> Run | None:
+               checkpoint_path: str | None = None, message: str | None = None) -> Run | None:
     """End the run: status is "succeeded", "failed" or "cancelled".
 
     Writes finished_at, duration, the metrics (keys like "val/acc", "test/acc";
     accuracy as a fraction; NaN becomes null), the error text for failures, the
-    final checkpoint, and an event. Returns None without writing anything when the
+    final checkpoint, and an event (`message`, or one made from the status). Returns None without writing anything when the
     run is missing or already finished (e.g. the watchdog failed it meanwhile).
     """
     status = RunStatus(status)
@@ -291,7 +314,8 @@ def finish_run(*, session: Session, run_id: int, status: str, final_metrics: dic
     run.test_acc = run.final_metrics.get("test/acc")
     if checkpoint_path is not None:
         run.checkpoint_path = str(checkpoint_path)
-    _end_run(session, run, status, status.value, _finish_message(status, run.final_metrics, error), error=error)
+    _end_run(session, run, status, status.value, message or _finish_message(status, run.final_metrics, error),
+             error=error)
     session.commit()
     return _loaded_and_detached(session, run)
 
@@ -303,6 +327,29 @@ def _finish_message(status: RunStatus, final_metrics: dict[str, float | None], e
         return f"failed: {first_line[:500]}"
     shown = ", ".join(f"{name} {value:.4g}" for name, value in final_metrics.items() if value is not None)
     return f"{status.value}" + (f": {shown}" if shown else "")
+
+
+def request_stop(*, session: Session, run_id: int, message: str) -> bool:
+    """Ask a running run's training to stop (as a cancel does), with `message` in its history.
+
+    For stops the system decides (MAX_RUN_SECONDS). False when the run is no longer running.
+    """
+    begin_write(session)
+    run = _locked_run(session, run_id)
+    if run is None or run.status != RunStatus.running:
+        session.commit()
+        return False
+    run.cancel_requested = True
+    _event(session, run_id, RunEventKind.cancel_requested, message)
+    session.commit()
+    return True
+
+
+def run_status(*, session: Session, run_id: int) -> str | None:
+    """The run's status now, or None when it is gone."""
+    status = session.execute(select(Run.status).where(Run.id == run_id)).scalar_one_or_none()
+    session.commit()
+    return None if status is None else str(RunStatus(status).value)
 
 
 def add_event(*, session: Session, run_id: int, kind: str, message: str) -> RunEvent:
@@ -330,6 +377,32 @@ def worker_heartbeat(*, session: Session, hostname: str, pid: int, device: str |
     begin_write(session)
     session.execute(statement)
     session.commit()
+
+
+def _on_node(column: Any, node: str) -> Any:
+    """`column` holds Celery node name `node@<any host>` (%h expands to the host name)."""
+    escaped = node.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.like(f"{escaped}@%", escape="\\")
+
+
+def worker_last_seen(*, session: Session, node: str, pid: int) -> datetime | None:
+    """When worker process `pid` named `node@…` last beat; None when it never did (or left cleanly)."""
+    last = session.execute(select(func.max(WorkerHeartbeat.last_seen)).where(
+        _on_node(WorkerHeartbeat.hostname, node), WorkerHeartbeat.pid == pid)).scalar_one_or_none()
+    session.commit()
+    return last
+
+
+def fail_runs_of_worker(*, session: Session, node: str, message: str) -> list[int]:
+    """Fail the runs still `running` on the worker named `node@…` (it was killed); returns their ids."""
+    begin_write(session)
+    runs = session.scalars(select(Run).where(Run.status == RunStatus.running, _on_node(Run.worker_host, node))
+                           .with_for_update()).all()
+    for run in runs:
+        _end_run(session, run, RunStatus.failed, RunEventKind.worker_lost, message, error=message)
+    ids = [run.id for run in runs]
+    session.commit()
+    return ids
 
 
 def remove_worker(*, session: Session, hostname: str, pid: int) -> None:

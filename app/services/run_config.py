@@ -8,6 +8,7 @@ also gives the parameter count), and an imagefolder path that must exist.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ def resolve_run_config(run_in: RunCreate, *, settings: Settings, loc: Loc = ()) 
     errors: list[tuple[Loc, str]] = []
     hyperparameters = _resolve_hyperparameters(run_in, errors, loc)
     dataset = _resolve_dataset(run_in, settings, errors, loc)
+    _check_eval_schedule(hyperparameters, dataset, settings, errors, loc)
     parameters = 0
     if not any(err_loc[len(loc):][:2] == ("hyperparameters", "model_options") for err_loc, _ in errors):
         parameters = _count_parameters(run_in.model, hyperparameters.get("model_options") or {}, settings,
@@ -51,6 +53,33 @@ def _resolve_hyperparameters(run_in: RunCreate, errors: list[tuple[Loc, str]], l
     for name, message in field_errors(TrainConfig(**merged)).items():
         errors.append(((*loc, "hyperparameters", name), message))
     return merged
+
+
+CIFAR10_TRAIN_IMAGES = 50_000
+
+
+def _check_eval_schedule(hyperparameters: dict[str, Any], dataset: dict[str, Any], settings: Settings,
+                         errors: list[tuple[Loc, str]], loc: Loc) -> None:
+    """At most MAX_EVALUATIONS_PER_RUN evaluations, and at least one training step between two.
+
+    The step check uses an upper bound of the training split's size (CIFAR-10's 50,000 images or
+    limit_train), so it never refuses a schedule that would work; the trainer itself also keeps at
+    least one step between evaluations when the web cannot know the size.
+    """
+    every, epochs, batch = (hyperparameters.get(k) for k in ("eval_every", "epochs", "batch_size"))
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (every, epochs, batch)):
+        return  # field_errors already reported it
+    where = (*loc, "hyperparameters", "eval_every")
+    evaluations = epochs / every
+    if evaluations > settings.MAX_EVALUATIONS_PER_RUN:
+        errors.append((where, f"eval_every {every:g} over {epochs} epochs means {evaluations:.3g} evaluations; "
+                              f"at most MAX_EVALUATIONS_PER_RUN={settings.MAX_EVALUATIONS_PER_RUN} are allowed"))
+        return
+    most_images = dataset.get("limit_train") or (CIFAR10_TRAIN_IMAGES if dataset.get("kind") == "cifar10" else None)
+    if isinstance(most_images, int) and every * math.ceil(most_images / batch) < 1:
+        errors.append((where, f"eval_every {every:g} epochs is less than one training step (at most "
+                              f"{math.ceil(most_images / batch)} steps per epoch with batch_size {batch}); "
+                              f"at least one training step must separate two evaluations"))
 
 
 def _count_parameters(model: str, options: dict[str, Any], settings: Settings,

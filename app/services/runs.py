@@ -198,7 +198,10 @@ def submit_runs(*, session: Session, runs_in: Sequence[RunCreate], settings: Set
     runs = create_runs(session=session, runs_in=runs_in, settings=settings, **create_options)
     run_ids = [run.id for run in runs]
     try:
-        (dispatch or dispatch_train_runs)(run_ids, settings=settings)
+        if dispatch is None:  # the real one also sends each run's created_at, checked on claim
+            dispatch_train_runs(run_ids, settings=settings, queued_at={run.id: run.created_at for run in runs})
+        else:
+            dispatch(run_ids, settings=settings)
     except Exception:
         _delete_rows(session, run_ids)
         raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -46,8 +46,14 @@ def test_claim_missing_run_returns_none(session: Session) -> None:
     assert lifecycle.claim_run(session=session, run_id=12345, hostname="gpu-1") is None
 
 
+# A redelivery that resumes a run comes after its worker is gone: its heartbeat is older than the
+# timeout (a delivery while another worker still beats is a duplicate, dropped: tests/worker/test_claims.py).
+def _silent_since() -> datetime:
+    return utcnow() - timedelta(minutes=5)
+
+
 def test_claim_redelivered_running_run_records_resume(session: Session, make_run: Callable[..., Run]) -> None:
-    run_id = make_run(status=RunStatus.running, worker_host="gpu-1", started_at=utcnow()).id
+    run_id = make_run(status=RunStatus.running, worker_host="gpu-1", started_at=_silent_since()).id
     run = lifecycle.claim_run(session=session, run_id=run_id, hostname="gpu-2", max_redeliveries=3)
     assert run is not None and run.status == RunStatus.running
     assert run.resumed_count == 1 and run.worker_host == "gpu-2"
@@ -56,7 +62,7 @@ def test_claim_redelivered_running_run_records_resume(session: Session, make_run
 
 
 def test_claim_gives_up_after_max_redeliveries(session: Session, make_run: Callable[..., Run]) -> None:
-    run_id = make_run(status=RunStatus.running, started_at=utcnow(), resumed_count=2).id
+    run_id = make_run(status=RunStatus.running, started_at=_silent_since(), resumed_count=2).id
     assert lifecycle.claim_run(session=session, run_id=run_id, hostname="h", max_redeliveries=2) is None
     run = session.get(Run, run_id)
     assert run.status == RunStatus.failed and "redeliveries" in run.error and run.finished_at is not None
@@ -64,7 +70,7 @@ def test_claim_gives_up_after_max_redeliveries(session: Session, make_run: Calla
 
 def test_claim_redelivered_run_with_cancel_request_is_cancelled(session: Session,
                                                                 make_run: Callable[..., Run]) -> None:
-    run_id = make_run(status=RunStatus.running, started_at=utcnow(), cancel_requested=True).id
+    run_id = make_run(status=RunStatus.running, started_at=_silent_since(), cancel_requested=True).id
     assert lifecycle.claim_run(session=session, run_id=run_id, hostname="h", max_redeliveries=3) is None
     assert session.get(Run, run_id).status == RunStatus.cancelled
 

@@ -26,7 +26,9 @@ from sqlalchemy.engine import make_url
 REPO = Path(__file__).resolve().parents[2]
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 # Its own database number, so that other tests' queues on the same Redis never meet this one's.
-E2E_REDIS_URL = str(make_url(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")).set(database="14"))
+# TEST_E2E_REDIS_URL gives a developer's parallel runs a database of their own.
+E2E_REDIS_URL = os.environ.get("TEST_E2E_REDIS_URL") or str(
+    make_url(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")).set(database="14"))
 STARTUP_TIMEOUT_S = 90
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from ml.trainer import eval_steps
 
@@ -92,3 +93,99 @@ def test_e2e_worker_killed_mid_run_is_marked_lost_and_keeps_metrics(embedded_sta
     assert left_running_after <= heartbeat_timeout_s + 3, f"left running after {left_running_after:.1f} s"
     assert before_kill <= stack.point_ids(run_id)  # every metric written before the kill is still there
     assert evaluated_after_step_0(stack, run_id)
+
+
+# --------------------------------------------------------------- hard stop ---
+
+def run_row(stack: Any, run_id: int) -> dict[str, Any]:
+    with stack.engine.connect() as connection:
+        return dict(connection.execute(text("SELECT status, error, step FROM run WHERE id = :id"),
+                                       {"id": run_id}).mappings().one())
+
+
+def events(stack: Any, run_id: int) -> list[tuple[str, str]]:
+    with stack.engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(
+            text("SELECT kind, message FROM run_event WHERE run_id = :id ORDER BY id"), {"id": run_id})]
+
+
+def wait_until(condition: Any, timeout_s: float, what: str, stack: Any) -> float:
+    began = time.monotonic()
+    while not condition():
+        if time.monotonic() - began > timeout_s:
+            pytest.fail(f"{what}: not within {timeout_s} s\n{stack.logs()}")
+        time.sleep(0.25)
+    return time.monotonic() - began
+
+
+def assert_hung_run_cancel_is_forced_and_next_run_starts(stack: Any, dataset_root: Path) -> None:
+    stack.start_web()
+    stack.start_worker()  # as compose runs it: `celery -A worker.celery_app worker --pool=solo`
+    stack.wait_healthy(lambda health: health["workers"] >= 1)
+    hung, following = launch(stack, dataset_root, epochs=20), launch(stack, dataset_root)
+    wait_until(lambda: run_row(stack, hung)["step"] >= 2, RUN_TIMEOUT_S, "the step that hangs", stack)
+    time.sleep(1)
+    assert run_row(stack, hung)["status"] == "running" and run_row(stack, following)["status"] == "queued"
+
+    with stack.api() as api:
+        assert api.post(f"/api/runs/{hung}/cancel").status_code == 202
+    cancelled_at = time.monotonic()
+    wait_until(lambda: run_row(stack, following)["status"] != "queued", 60, "the next run starts", stack)
+
+    assert time.monotonic() - cancelled_at < 60
+    assert run_row(stack, hung)["status"] == "cancelled"
+    kind, message = events(stack, hung)[-1]
+    assert kind == "cancelled" and message.startswith("cancelled (forced)")
+
+
+def test_e2e_hung_step_cancel_is_forced_embedded(embedded_stack: Any, cifar_subset: Path) -> None:
+    embedded_stack.env.update(TRAINBOARD_TEST_HANG_AT_STEP="2", CANCEL_GRACE_S="3")
+    assert_hung_run_cancel_is_forced_and_next_run_starts(embedded_stack, cifar_subset)
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_e2e_hung_step_cancel_is_forced_with_redis_and_postgres(server_stack: Any, cifar_subset: Path) -> None:
+    server_stack.env.update(TRAINBOARD_TEST_HANG_AT_STEP="2", CANCEL_GRACE_S="3")
+    assert_hung_run_cancel_is_forced_and_next_run_starts(server_stack, cifar_subset)
+
+
+# ------------------------------------------------------- no doubled work ---
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_e2e_two_workers_never_train_the_same_run(server_stack: Any, cifar_subset: Path) -> None:
+    from celery import Celery
+
+    from app.core.config import Settings
+    from worker.celery_app import TRAIN_TASK, configure_celery
+
+    stack = server_stack
+    stack.start_web()
+    stack.start_worker("worker-a")
+    stack.start_worker("worker-b")
+    stack.wait_healthy(lambda health: health["workers"] >= 2)
+    run_ids = [launch(stack, cifar_subset) for _ in range(2)]
+    # The same tasks again, twice: duplicates as a redelivery or a double dispatch would make them.
+    sender = Celery("duplicates")
+    configure_celery(sender, Settings(_env_file=None, BROKER_URL=stack.env["BROKER_URL"],
+                                      DATA_DIR=stack.env["DATA_DIR"]))
+    for _ in range(2):
+        for run_id in run_ids:
+            sender.send_task(TRAIN_TASK, args=[run_id], queue="train")
+
+    for run_id in run_ids:
+        run = stack.wait_for_status(run_id, {"succeeded", "failed", "cancelled"}, RUN_TIMEOUT_S * 2)
+        assert run["status"] == "succeeded", f"{run['error']}\n{stack.logs()}"
+    wait_until(lambda: dropped_tasks(stack) == 4, 60, "every duplicate dropped", stack)
+    for run_id in run_ids:
+        kinds = [kind for kind, _ in events(stack, run_id)]
+        assert kinds.count("started") == 1 and "resumed" not in kinds, kinds
+        total_steps = stack.wait_for_status(run_id, {"succeeded"}, 5)["total_steps"]
+        assert stack.eval_points(run_id) == {step: 6 for step in eval_steps(total_steps, 1, 0.5)}
+
+
+def dropped_tasks(stack: Any) -> int:
+    """Tasks the workers dropped, from their whole logs."""
+    return sum(p.log_path.read_text(errors="replace").count("is not claimable; dropping the task")
+               for p in stack.processes if p.name.startswith("worker"))

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 pytestmark = pytest.mark.slow
 
-STOP_TIMEOUT_S = 15
+STOP_TIMEOUT_S = 40  # the worker's warm shutdown takes up to WORKER_STOP_TIMEOUT_S (20 s)
 
 
 def trainboard_command() -> list[str]:
@@ -89,3 +89,110 @@ def test_serve_sigint_mid_training_stops_the_run_and_both_processes(embedded_sta
         status, error = connection.execute(text("SELECT status, error FROM run WHERE id = :id"),
                                            {"id": run_id}).one()
     assert status == "failed" and error.startswith("interrupted at step") and "worker shut down" in error
+
+
+# ------------------------------------------------------------ supervision ---
+
+NEXT_RUN_WITHIN_S = 60
+
+
+def launch(stack: Any, dataset_root: Path, epochs: int = 50) -> int:
+    with stack.api() as api:
+        response = api.post("/api/runs", json={
+            "model": "task1", "dataset": {"kind": "imagefolder", "path": str(dataset_root), "limit_train": 500},
+            "hyperparameters": {"epochs": epochs, "batch_size": 64, "eval_every": 0.5, "log_every": 2,
+                                "early_stop_count": 0}})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def run_row(stack: Any, run_id: int) -> dict[str, Any]:
+    with stack.engine.connect() as connection:
+        return dict(connection.execute(text("SELECT status, error, step, worker_host FROM run WHERE id = :id"),
+                                       {"id": run_id}).mappings().one())
+
+
+def wait_until(condition: Any, timeout_s: float, what: str, stack: Any) -> float:
+    """Seconds until condition() held; fails with the logs after timeout_s."""
+    began = time.monotonic()
+    while not condition():
+        if time.monotonic() - began > timeout_s:
+            pytest.fail(f"{what}: not within {timeout_s} s\n{stack.logs()}")
+        time.sleep(0.25)
+    return time.monotonic() - began
+
+
+def started_training(stack: Any, run_id: int) -> bool:
+    return run_row(stack, run_id)["status"] == "running" and bool(stack.eval_points(run_id))
+
+
+def worker_pids(serve: Any) -> list[int]:
+    return [int(pid) for pid in re.findall(r"new worker pid (\d+)", serve.log_path.read_text())]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["sigkill", "sigstop"])
+def test_serve_worker_killed_or_stopped_mid_run_is_replaced_and_next_run_starts(
+        embedded_stack: Any, unused_port: int, cifar_subset: Path, sig: int) -> None:
+    stack = embedded_stack
+    stack.env["EMBEDDED_WORKER_SILENT_S"] = "8"
+    serve, worker_pid = start_serve(stack, unused_port)
+    first, second = launch(stack, cifar_subset), launch(stack, cifar_subset, epochs=1)
+    wait_until(lambda: started_training(stack, first), 120, "the first run trains", stack)
+
+    os.kill(worker_pid, sig)  # the worker only: its training process goes on until the supervisor acts
+    next_started_after = wait_until(lambda: started_training(stack, second), NEXT_RUN_WITHIN_S,
+                                    "the next queued run starts", stack)
+
+    lost = run_row(stack, first)
+    assert lost["status"] == "failed" and lost["error"].startswith("worker lost: the embedded worker"), lost
+    assert ("has not beaten" if sig == signal.SIGSTOP else "killed by signal 9") in lost["error"]
+    assert not is_alive(worker_pid) and worker_pids(serve) and is_alive(worker_pids(serve)[-1])
+    assert next_started_after < NEXT_RUN_WITHIN_S
+    ctrl_c_and_wait(serve, worker_pids(serve)[-1])
+
+
+def process_group_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def test_serve_killed_hard_with_a_hung_step_leaves_no_worker(embedded_stack: Any, unused_port: int,
+                                                             cifar_subset: Path) -> None:
+    stack = embedded_stack
+    stack.env.update(TRAINBOARD_TEST_HANG_AT_STEP="2", CANCEL_GRACE_S="3")
+    serve, worker_pid = start_serve(stack, unused_port)
+    run_id = launch(stack, cifar_subset)
+    wait_until(lambda: run_row(stack, run_id)["step"] >= 2, 120, "the step that hangs", stack)
+    assert len(process_group_members(worker_pid)) >= 2  # the worker, its training process (and mp resource tracker)
+
+    os.kill(serve.pid, signal.SIGKILL)  # no shutdown code runs in serve
+
+    gone_after = wait_until(lambda: not process_group_members(worker_pid), 60, "worker and training gone", stack)
+    assert gone_after < 60
+    row = run_row(stack, run_id)
+    assert row["status"] == "failed" and "did not stop within 3 s" in row["error"], row
+
+
+def test_serve_two_workers_train_two_runs_at_once_and_stop_together(embedded_stack: Any, unused_port: int,
+                                                                     cifar_subset: Path) -> None:
+    stack = embedded_stack
+    serve = stack.start("serve", [*trainboard_command(), "serve", "--port", str(unused_port), "--workers", "2"])
+    stack.base_url = f"http://127.0.0.1:{unused_port}"
+    stack.wait_healthy(lambda health: health["workers"] >= 2, serve)
+    banner = re.search(r"worker pids (\d+), (\d+)", serve.log_path.read_text())
+    assert banner, serve.log_tail()
+    first, second = launch(stack, cifar_subset), launch(stack, cifar_subset)
+
+    wait_until(lambda: started_training(stack, first) and started_training(stack, second), 120,
+               "both runs training at once", stack)
+
+    assert run_row(stack, first)["worker_host"] != run_row(stack, second)["worker_host"]
+    ctrl_c_and_wait(serve, int(banner.group(1)))
+    assert not is_alive(int(banner.group(2)))

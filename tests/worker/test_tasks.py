@@ -53,7 +53,13 @@ def wait_for(condition, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_train_run_succeeds_with_every_evaluation_in_db(db, worker_settings, cifar_subset: Path,
+@pytest.fixture
+def in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train in the test's process (not a supervised child), so that patches reach the training."""
+    monkeypatch.setattr(tasks, "TRAIN_IN_CHILD_PROCESS", False)
+
+
+def test_train_run_succeeds_with_every_evaluation_in_db(db, worker_settings, cifar_subset: Path, in_this_process,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     batches = []
     original = lifecycle.add_metric_points
@@ -95,7 +101,7 @@ def test_train_run_cancel_while_running_stops_within_5s(db, worker_settings, cif
     outcome: list[str] = []
     worker = threading.Thread(target=lambda: outcome.append(train_run(run_id)))
     worker.start()
-    wait_for(lambda: evaluated_after_step_0(db.points(run_id)), 60, "the second evaluation")
+    wait_for(lambda: evaluated_after_step_0(db.points(run_id)), 180, "the second evaluation")
 
     cancelled_at = time.monotonic()
     cancel(run_id)
@@ -125,7 +131,7 @@ class WorkerDied(BaseException):
     """Stands in for the process vanishing: no `except Exception` sees it."""
 
 
-def test_train_run_redelivered_run_resumes_from_checkpoint(db, cifar_subset: Path,
+def test_train_run_redelivered_run_resumes_from_checkpoint(db, cifar_subset: Path, in_this_process,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     run_id = db.queue(db.tiny_dataset(cifar_subset), **dict(TINY, epochs=2))
 
@@ -141,6 +147,7 @@ def test_train_run_redelivered_run_resumes_from_checkpoint(db, cifar_subset: Pat
         train_run(run_id)
     assert db.run(run_id).status == "running"
     monkeypatch.undo()
+    monkeypatch.setattr(tasks, "TRAIN_IN_CHILD_PROCESS", False)
 
     assert train_run(run_id) == "succeeded"  # the redelivery
 
@@ -150,3 +157,23 @@ def test_train_run_redelivered_run_resumes_from_checkpoint(db, cifar_subset: Pat
     # Each evaluation once: the points written after the checkpoint's step were replaced, not duplicated.
     assert eval_steps(db.points(run_id)) == every_evaluation(run, epochs=2)
     assert run.step == run.total_steps
+
+
+@pytest.mark.parametrize("queued_at", ["2000-01-01T00:00:00+00:00", "not a time"])
+def test_train_run_queued_for_another_run_is_dropped(db, queued_at: str) -> None:
+    run_id = db.queue({"kind": "cifar10"}, **TINY)
+
+    assert train_run(run_id, queued_at=queued_at) == "skipped"
+
+    run = db.run(run_id)
+    assert run.status == "queued" and run.started_at is None
+
+
+def test_train_run_with_its_own_queued_at_is_claimed(db, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_id = db.queue({"kind": "cifar10"}, **TINY)
+    claimed: list[int] = []
+    monkeypatch.setattr(tasks, "train_in_child", lambda run_id, *args, **kwargs: claimed.append(run_id) or "done")
+
+    assert train_run(run_id, queued_at=db.run(run_id).created_at.isoformat()) == "done"
+
+    assert claimed == [run_id] and db.run(run_id).status == "running"
