@@ -26,7 +26,7 @@ from app.api.deps import SessionDep
 from app.core.security import parse_id
 from app.models import Run
 from app.pages import charts
-from app.pages.runs import not_found
+from app.pages.common import not_found
 from app.pages.templating import fmt_value, render
 from app.services import runs, stats
 from app.services.errors import InvalidInput, NotFound

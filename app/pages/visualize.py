@@ -14,7 +14,7 @@ from sqlmodel import Session
 from app.api.deps import SessionDep, SettingsDep
 from app.core.config import Settings
 from app.models import Run
-from app.pages.runs import get_run_or_404
+from app.pages.common import get_run_or_404
 from app.pages.templating import render
 from app.services import visualize
 from app.services.errors import ServiceError
