@@ -21,29 +21,108 @@
     return ["the server answered " + status];
   }
 
-  // fetch() for the REST API. Resolves to {ok, status, data, errors}; never throws on HTTP errors.
-  async function api(method, url, body) {
+  // The headers of every API request; a cookie-authenticated mutation needs the CSRF one (app/api/deps.py).
+  function apiHeaders() {
     const headers = { Accept: "application/json" };
     const csrf = readCookie(CSRF_COOKIE);
-    if (csrf) headers[CSRF_HEADER] = csrf; // cookie-authenticated mutations need it (app/api/deps.py)
-    const options = { method, headers, credentials: "same-origin" };
+    if (csrf) headers[CSRF_HEADER] = csrf;
+    return headers;
+  }
+
+  // fetch() that resolves to {ok, status, response, errors}; never throws, not even when offline.
+  async function request(url, options) {
+    let response;
+    try {
+      response = await fetch(url, Object.assign({ credentials: "same-origin" }, options));
+    } catch (err) {
+      return { ok: false, status: 0, response: null, errors: ["the server could not be reached (" + err.message + ")"] };
+    }
+    return { ok: response.ok, status: response.status, response, errors: [] };
+  }
+
+  // The error lines of a failed response (its JSON detail, if any), with the login hint on a 401.
+  async function failureOf(result) {
+    let data = null;
+    try { data = await result.response.json(); } catch (_) { data = null; }
+    const errors = errorLines(data, result.status);
+    if (result.status === 401) errors.unshift("Log in to do this (the server needs its API token).");
+    return { ok: false, status: result.status, data, errors };
+  }
+
+  // A JSON response as {ok, status, data, errors}.
+  async function jsonResult(result) {
+    if (!result.response) return Object.assign({ data: null }, result);
+    if (!result.ok) return failureOf(result);
+    let data = null;
+    if (result.status !== 204) {
+      try { data = await result.response.json(); } catch (_) { data = null; }
+    }
+    return { ok: true, status: result.status, data, errors: [] };
+  }
+
+  // fetch() for the REST API with a JSON body. Resolves to {ok, status, data, errors}; never throws on HTTP errors.
+  async function api(method, url, body) {
+    const headers = apiHeaders();
+    const options = { method, headers };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
       options.body = JSON.stringify(body);
     }
-    let response;
-    try {
-      response = await fetch(url, options);
-    } catch (err) {
-      return { ok: false, status: 0, data: null, errors: ["the server could not be reached (" + err.message + ")"] };
+    return jsonResult(await request(url, options));
+  }
+
+  // POST a FormData (multipart: a file upload) with the same headers as api(); same result shape.
+  async function postForm(url, formData) {
+    return jsonResult(await request(url, { method: "POST", headers: apiHeaders(), body: formData }));
+  }
+
+  // GET a binary response (an image) as {ok, status, blob, errors}.
+  async function blob(url) {
+    const result = await request(url, { headers: apiHeaders() });
+    if (!result.response) return Object.assign({ blob: null }, result);
+    if (!result.ok) return Object.assign({ blob: null }, await failureOf(result));
+    return { ok: true, status: result.status, blob: await result.response.blob(), errors: [] };
+  }
+
+  // ---------------------------------------------------- loading frames ---
+  // A .viz-frame shows a spinner (loading), its content (ready) or one message (error): a new failure
+  // replaces the frame's message rather than adding another.
+  function setFrame(frame, state, message) {
+    frame.dataset.state = state;
+    let note = frame.querySelector(".viz-error");
+    if (state === "error") {
+      if (!note) {
+        note = document.createElement("p");
+        note.className = "viz-error";
+        frame.appendChild(note);
+      }
+      note.textContent = message;
+    } else if (note) {
+      note.remove();
     }
-    let data = null;
-    if (response.status !== 204) {
-      try { data = await response.json(); } catch (_) { data = null; }
-    }
-    const errors = response.ok ? [] : errorLines(data, response.status);
-    if (response.status === 401) errors.unshift("Log in to do this (the server needs its API token).");
-    return { ok: response.ok, status: response.status, data, errors };
+    frame.querySelectorAll("img").forEach((img) => { img.hidden = state !== "ready"; });
+  }
+
+  const frameOf = (el) => el.closest(".viz-frame");
+
+  // Once an <img> has decoded, its frame is ready (so the spinner stays until there is a picture).
+  function showFrameImage(img, src) {
+    img.onload = () => setFrame(frameOf(img), "ready");
+    img.onerror = () => setFrame(frameOf(img), "error", "The image could not be shown.");
+    img.src = src;
+  }
+
+  // An image from the API into an <img> in a frame; <img src> could not show the API's error message.
+  async function loadFrameImage(img, url) {
+    const result = await blob(url);
+    if (result.ok) showFrameImage(img, URL.createObjectURL(result.blob));
+    else setFrame(frameOf(img), "error", result.errors.join(" "));
+  }
+
+  // The first class that has test images (the visualisation's default pick), or null when none has.
+  function firstClassWithImages(info) {
+    const index = info.test_images_per_class.findIndex((n) => n > 0);
+    return index < 0 ? null : info.classes[index];
   }
 
   // ------------------------------------------------------------ formatting ---
@@ -221,7 +300,8 @@
   });
 
   window.TB = {
-    api, percent, number, duration, localTime, localizeTimes, showMessage, clearMessages, setBadge,
+    api, postForm, blob, errorLines, setFrame, frameOf, showFrameImage, loadFrameImage, firstClassWithImages,
+    percent, number, duration, localTime, localizeTimes, showMessage, clearMessages, setBadge,
     setProgress, progressOf, canWrite, clearFieldErrors, showFieldErrors, disableWritesIfReadOnly, readJsonBlock, readCookie,
     TERMINAL: ["succeeded", "failed", "cancelled"],
   };

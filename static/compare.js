@@ -11,13 +11,10 @@
   if (!chart || !TBCharts.draw(chart)) return;
 
   const metricSelect = document.getElementById("curve-metric");
-  const X_TITLES = { epoch: "epoch", step: "step", time: "wall time (s)" };
-  const WORDS = { acc: "accuracy (%)", loss: "loss", lr: "learning rate", images_per_s: "images/s" };
-
-  function metricLabel(metric) {
-    const [split, name] = metric.split("/");
-    return name ? split + " " + (WORDS[name] || name) : metric;
-  }
+  // The words come with the figure (layout.meta, from app/pages/compare.py), so they match the server's.
+  const labels = chart.layout.meta || {};
+  const X_TITLES = labels.x_titles || {};
+  const metricLabel = (metric) => (labels.metric_labels || {})[metric] || metric;
 
   // Grouped (?group_by=…): each group's mean and ± std band per metric, over the epochs; only the metric switches.
   if (chart.data.some((trace) => trace.meta && trace.meta.group !== undefined)) {

@@ -60,38 +60,23 @@
   }
 
   // ------------------------------------------------- visualisations ---
-  function frameState(el, state, message) {
-    const frame = el.closest(".viz-frame");
-    frame.dataset.state = state;
-    frame.querySelectorAll("img").forEach((img) => { img.hidden = state !== "ready"; });
-    if (state === "error") {
-      const note = document.createElement("p");
-      note.className = "viz-error";
-      note.textContent = message;
-      frame.appendChild(note);
-    }
-  }
-
-  function showImage(img, src) {
-    img.onload = () => frameState(img, "ready");
-    img.onerror = () => frameState(img, "error", "The image could not be loaded.");
-    img.src = src;
-  }
-
+  // The frames, spinners and image loading are TB's (static/app.js), shared with the visualize page.
+  const failFrame = (id, errors) => TB.setFrame(TB.frameOf($(id)), "error", errors.join(" "));
 
   async function loadActivations(api) {
     const ids = ["report-input", "report-first", "report-last"];
+    const failed = (errors) => ids.forEach((id) => failFrame(id, errors));
     const info = await TB.api("GET", api);
-    const failed = (errors) => ids.forEach((id) => frameState($(id), "error", errors.join(" ")));
     if (!info.ok) { failed(info.errors); return; }
-    const className = info.data.classes[info.data.test_images_per_class.findIndex((n) => n > 0)];
+    const className = TB.firstClassWithImages(info.data);
+    if (className === null) { failed(["The run's test split has no images."]); return; }
     const query = new URLSearchParams({ class_name: className, index: "0" });
     const result = await TB.api("GET", api + "/activations?" + query);
     if (!result.ok) { failed(result.errors); return; }
     const maps = result.data;
-    showImage($("report-input"), maps.input);
-    showImage($("report-first"), maps.first.image);
-    showImage($("report-last"), maps.last.image);
+    TB.showFrameImage($("report-input"), maps.input);
+    TB.showFrameImage($("report-first"), maps.first.image);
+    TB.showFrameImage($("report-last"), maps.last.image);
     $("report-input-caption").textContent = maps.class_name + " #0, predicted " + maps.predicted;
     $("report-first-caption").textContent = maps.first.layer;
     $("report-last-caption").textContent = maps.last.layer;
@@ -100,20 +85,15 @@
   async function loadConfusion(api) {
     const result = await TB.api("GET", api + "/confusion");
     ["report-heatmap", "report-per_class_bar"].forEach((id) => {
-      if (!result.ok) { frameState($(id), "error", result.errors.join(" ")); return; }
-      frameState($(id), "ready");
+      if (!result.ok) { failFrame(id, result.errors); return; }
+      TB.setFrame(TB.frameOf($(id)), "ready");
       TBCharts.drawFigure($(id), id === "report-heatmap" ? result.data.heatmap : result.data.per_class_bar);
     });
   }
 
   async function loadVisuals(runId) {
     const api = "/api/runs/" + runId + "/visualize";
-    // <img> cannot show the API's error message, so the filters go through fetch too.
-    const filters = fetch(api + "/filters.png", { credentials: "same-origin" }).then(async (response) => {
-      if (response.ok) showImage($("report-filters"), URL.createObjectURL(await response.blob()));
-      else frameState($("report-filters"), "error", "The filters could not be computed (" + response.status + ").");
-    }).catch(() => frameState($("report-filters"), "error", "The server could not be reached."));
-    await Promise.all([filters, loadActivations(api), loadConfusion(api)]);
+    await Promise.all([TB.loadFrameImage($("report-filters"), api + "/filters.png"), loadActivations(api), loadConfusion(api)]);
   }
 
   async function start() {

@@ -11,56 +11,11 @@
   let imagesPerClass = [];
   let shown = null; // the feature maps on screen, kept when an upload is refused
 
-  // ------------------------------------------------------------ frames ---
-  // A .viz-frame shows a spinner (loading), its content (ready) or a message (error).
-  function setFrame(frame, state, message) {
-    frame.dataset.state = state;
-    let note = frame.querySelector(".viz-error");
-    if (state === "error") {
-      if (!note) {
-        note = document.createElement("p");
-        note.className = "viz-error";
-        frame.appendChild(note);
-      }
-      note.textContent = message;
-    } else if (note) {
-      note.remove();
-    }
-    frame.querySelectorAll("img").forEach((img) => { img.hidden = state !== "ready"; });
-  }
-
-  const frameOf = (el) => el.closest(".viz-frame");
-
-  function detailOf(body, status) {
-    if (body && typeof body.detail === "string") return body.detail;
-    if (body && Array.isArray(body.detail)) return body.detail.map((e) => e.msg).join("; ");
-    return "the server answered " + status;
-  }
-
-  // Once an <img> has decoded, its frame is ready (so the spinner stays until there is a picture).
-  function showImage(img, src) {
-    img.onload = () => setFrame(frameOf(img), "ready");
-    img.onerror = () => setFrame(frameOf(img), "error", "The image could not be shown.");
-    img.src = src;
-  }
+  const { setFrame, frameOf } = TB;
 
   // ----------------------------------------------------------- filters ---
-  async function loadFilters() {
-    const img = $("filters-img");
-    let response;
-    try {
-      response = await fetch(API + "/filters.png", { credentials: "same-origin" });
-    } catch (err) {
-      setFrame(frameOf(img), "error", "The server could not be reached.");
-      return;
-    }
-    if (!response.ok) {
-      let body = null;
-      try { body = await response.json(); } catch (_) { /* not JSON */ }
-      setFrame(frameOf(img), "error", detailOf(body, response.status));
-      return;
-    }
-    showImage(img, URL.createObjectURL(await response.blob()));
+  function loadFilters() {
+    return TB.loadFrameImage($("filters-img"), API + "/filters.png");
   }
 
   // -------------------------------------------------------- the picker ---
@@ -103,9 +58,9 @@
   }
 
   function showActivations(result) {
-    showImage($("map-input"), result.input);
-    showImage($("map-first"), result.first.image);
-    showImage($("map-last"), result.last.image);
+    TB.showFrameImage($("map-input"), result.input);
+    TB.showFrameImage($("map-first"), result.first.image);
+    TB.showFrameImage($("map-last"), result.last.image);
     $("map-first-caption").textContent = result.first.layer + " · " + result.first.channels + " × " +
       result.first.height + "×" + result.first.width;
     $("map-last-caption").textContent = result.last.layer + " · " + result.last.channels + " × " +
@@ -145,7 +100,7 @@
     box.hidden = !message;
   }
 
-  // TB.api sends JSON; a file needs multipart, with the same CSRF header.
+  // A file goes as multipart, with the same headers (CSRF included) as every API call.
   async function uploadImage(event) {
     event.preventDefault();
     const file = $("upload-file").files[0];
@@ -154,27 +109,16 @@
     setMaps("loading");
     const body = new FormData();
     body.append("file", file);
-    const headers = { Accept: "application/json" };
-    const csrf = TB.readCookie("trainboard_csrf");
-    if (csrf) headers["X-CSRF-Token"] = csrf;
-    let response, data = null;
-    try {
-      response = await fetch(API + "/activations", { method: "POST", body, headers, credentials: "same-origin" });
-      data = await response.json();
-    } catch (err) {
-      setMaps("error", "The upload failed: " + err.message);
-      return;
-    }
-    if (!response.ok) {
-      const message = response.status === 401 ? "Log in to upload images (the server needs its API token)."
-        : detailOf(data, response.status);
+    const result = await TB.postForm(API + "/activations", body);
+    if (!result.ok) {
+      const message = result.errors.join(" ");
       showUploadError(message);
       // The refusal is said next to the form; the maps of the last image stay as they were.
       if (shown) showActivations(shown);
       else setMaps("error", "No picture: " + message);
       return;
     }
-    showActivations(data);
+    showActivations(result.data);
   }
 
   // --------------------------------------------------- confusion matrix ---

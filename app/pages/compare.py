@@ -26,7 +26,7 @@ from app.api.deps import SessionDep
 from app.core.security import parse_id
 from app.models import Run
 from app.pages import charts
-from app.pages.runs import not_found
+from app.pages.common import not_found
 from app.pages.templating import fmt_value, render
 from app.services import runs, stats
 from app.services.errors import InvalidInput, NotFound
@@ -38,6 +38,8 @@ DEFAULT_METRICS = ("val/acc", "val/loss", "train/loss")
 # Per series and run: with 10 runs and ~8 series each, the page stays around a megabyte.
 COMPARE_MAX_POINTS = 600
 PARCOORDS_FALLBACK_KEYS = ("lr", "batch_size", "epochs")
+# The x axes static/compare.js switches between (each trace's meta holds the step and time columns).
+X_AXIS_TITLES = {"epoch": "epoch", "step": "step", "time": "wall time (s)"}
 MAX_PARCOORDS_DIMENSIONS = 12
 
 
@@ -124,6 +126,17 @@ def parse_group_by(raw: str | None, comparison: Comparison) -> str | None:
     return raw
 
 
+def with_switch_labels(figure_json: str, metric_names: list[str]) -> str:
+    """The figure with the words static/compare.js needs when it switches metric or x axis (in
+    layout.meta), so the browser never keeps its own copy of the server's labels."""
+    figure = json.loads(figure_json)
+    figure["layout"]["meta"] = {
+        "metric_labels": {name: charts.metric_label(name) for name in metric_names},
+        "x_titles": X_AXIS_TITLES,
+    }
+    return json.dumps(figure, separators=(",", ":"), allow_nan=False)
+
+
 def compare_page_context(session: Session, comparison: Comparison, group_by: str | None = None) -> dict[str, Any]:
     # read_metrics commits, which would expire the loaded runs and reload each one on next use.
     for run in comparison.runs:
@@ -155,7 +168,7 @@ def compare_page_context(session: Session, comparison: Comparison, group_by: str
         "metric_names": metric_names,
         "metric": metric,
         "metric_label": charts.metric_label,
-        "curves_json": curves,
+        "curves_json": with_switch_labels(curves, metric_names),
         "parcoords_json": parcoords,
         "colours": {run.id: charts.RUN_COLOURS[i % len(charts.RUN_COLOURS)] for i, run in enumerate(comparison.runs)},
         "colours_by_index": [charts.RUN_COLOURS[i % len(charts.RUN_COLOURS)] for i in range(len(groups))],

@@ -24,6 +24,8 @@ from app.core.db import utcnow
 from app.core.security import MAX_OFFSET
 from app.models import TERMINAL_STATUSES, MetricPoint, Run, RunStatus
 from app.pages import charts
+# launch.py still imports not_found from here; it moves to app.pages.common with issue 9.
+from app.pages.common import get_run_or_404, not_found  # noqa: F401
 from app.pages.templating import render
 from app.services import catalog, runs
 from app.services.errors import ServiceError
@@ -39,18 +41,6 @@ METRIC_ORDER = ("train/loss", "val/loss", "test/loss", "train/acc", "val/acc", "
 
 
 # ---------------------------------------------------------------- run helpers ---
-
-def not_found(message: str) -> HTTPException:
-    """Rendered as the HTML 404 page for page routes (see app.pages.errors)."""
-    return HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=message)
-
-
-def get_run_or_404(session: Session, run_id: int) -> Run:
-    try:
-        return runs.get_run(session=session, run_id=run_id)
-    except ServiceError as err:
-        raise not_found(str(err)) from None
-
 
 def progress_of(run: Run) -> float | None:
     """Fraction done: steps when the total is known, else epochs against the planned epochs."""

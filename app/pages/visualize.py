@@ -14,7 +14,7 @@ from sqlmodel import Session
 from app.api.deps import SessionDep, SettingsDep
 from app.core.config import Settings
 from app.models import Run
-from app.pages.runs import get_run_or_404
+from app.pages.common import get_run_or_404
 from app.pages.templating import render
 from app.services import visualize
 from app.services.errors import ServiceError
@@ -32,7 +32,7 @@ def checkpoint_problem(session: Session, run: Run, settings: Settings) -> str | 
     return None
 
 
-@router.get("/runs/{run_id}/visualize", response_class=HTMLResponse)
+@router.get("/runs/{run_id:int}/visualize", response_class=HTMLResponse)  # /runs/abc/visualize: the HTML 404
 def visualize_page(run_id: int, request: Request, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     run = get_run_or_404(session, run_id)
     problem = checkpoint_problem(session, run, settings)

@@ -52,13 +52,13 @@ STUDY_ORIGINAL = ReferenceSet(
 )
 
 # (b) What the study's recipe reaches on the JPEG re-encoding of CIFAR-10 that these machines have:
-# ../shared/datasets/README.md, "What the study's recipe reaches on this set" (CPU, seed 0,
-# 45k/5k/10k split, evaluation every half epoch). Judge fidelity on the JPEG set against these.
+# docs/benchmarks.md, "JPEG reference" (CPU, seed 0, 45k/5k/10k split, evaluation every half
+# epoch), copied there from the dataset's notes. Judge fidelity on the JPEG set against these.
 RECIPE_ON_JPEG = ReferenceSet(
     key="jpeg",
     title="Recipe on the JPEG set",
     short="JPEG recipe",
-    source="shared/datasets/README.md: an independent run of the study's protocol on the JPEG "
+    source="docs/benchmarks.md, \"JPEG reference\": an independent run of the study's protocol on the JPEG "
            "re-encoding (CPU, seed 0, 45k/5k/10k split).",
     metrics={
         "task1": {"train/acc": 0.808, "val/acc": 0.708, "test/acc": 0.704, "train/loss": 0.551,

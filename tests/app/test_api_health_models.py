@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from app.services.lifecycle import worker_heartbeat
+from ml.models import build_model
+from ml.visualize import layer_table
 
 
 def test_health_ok_with_filesystem_broker(client: TestClient) -> None:
@@ -46,8 +48,8 @@ def test_models_list_presets_with_parameter_counts(client: TestClient) -> None:
 
 
 def test_model_layers_table(client: TestClient) -> None:
-    pytest.importorskip("ml.visualize")
     layers = client.get("/api/models/task1/layers").json()
+    assert layers == layer_table(build_model("task1", {}, pretrained=False))
     assert [layer["parameters"] for layer in layers] == [2432, 51264, 204928, 131136, 650]
     assert set(layers[0]) == {"name", "type", "shape", "weights", "biases", "parameters", "trainable", "formula"}
 

@@ -169,7 +169,9 @@ def test_events_stream_follows_a_running_run(client: TestClient, engine: Any, ma
     finally:
         thread.join()
     statuses = [data["status"] for _, event, data in messages if event == "status"]
-    assert statuses[0] == "queued" and statuses[-1] == "succeeded" and "running" in statuses
+    # In order, each once; "running" may fall between two polls on a busy box (the "started" event below proves it).
+    assert statuses[0] == "queued" and statuses[-1] == "succeeded"
+    assert list(dict.fromkeys(statuses)) in (["queued", "running", "succeeded"], ["queued", "succeeded"])
     steps = [step for _, event, data in messages if event == "metrics" for s in data["series"] for step in s["step"]]
     assert steps == [0, 1, 2]  # every point exactly once
     assert [data["kind"] for _, event, data in messages if event == "event"] == ["started", "succeeded"]

@@ -12,6 +12,8 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.core.db import utcnow
 from app.models import Run, RunStatus
+from ml.models import build_model
+from ml.visualize import layer_table
 
 
 def field_errors(response: Any) -> dict[tuple, str]:
@@ -326,9 +328,9 @@ def test_checkpoint_outside_artifacts_dir_is_refused(client: TestClient, setting
 # -------------------------------------------------------------------- layers ---
 
 def test_run_layers_use_the_runs_model_options(client: TestClient) -> None:
-    pytest.importorskip("ml.visualize")
-    run = client.post("/api/runs", json={"model": "custom", "hyperparameters": {
-        "model_options": {"filters": [8], "convs_per_block": 1, "hidden": []}}}).json()
+    options = {"filters": [8], "convs_per_block": 1, "hidden": []}
+    run = client.post("/api/runs", json={"model": "custom", "hyperparameters": {"model_options": options}}).json()
     layers = client.get(f"/api/runs/{run['id']}/layers").json()
+    assert layers == layer_table(build_model("custom", options, pretrained=False))
     assert sum(layer["parameters"] for layer in layers) == run["parameters"]
     assert layers[0]["shape"] == "8x3x3x3"

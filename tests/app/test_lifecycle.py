@@ -132,7 +132,7 @@ def test_finish_run_records_metrics_times_and_event(session: Session, make_run: 
                                best_metrics={"val/acc": 0.73, "val/loss": math.nan},
                                checkpoint_path="1/last.pt")
     assert run.status == RunStatus.succeeded and run.finished_at is not None
-    assert 29 < run.duration_s < 60
+    assert 29 < run.duration_s < 300  # 30 s before now, plus however long a busy box takes to get here
     assert run.test_acc == 0.71 and run.best_val_acc == 0.73 and run.best_metrics["val/loss"] is None
     assert run.checkpoint_path == "1/last.pt"
     [(kind, message)] = _events(session, run_id)

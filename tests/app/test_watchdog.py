@@ -20,7 +20,7 @@ def test_watchdog_loop_fails_stale_runs_with_event(client_factory: Callable[...,
     stale = make_run(status=RunStatus.running, started_at=old, heartbeat_at=old).id
     alive = make_run(status=RunStatus.running, started_at=old, heartbeat_at=utcnow() + timedelta(minutes=5)).id
     client = client_factory(WATCHDOG_INTERVAL_S=0.05, HEARTBEAT_TIMEOUT_S=60)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # the loop ends as soon as the run has failed; 60 s only bounds a failure
     while client.get(f"/api/runs/{stale}").json()["status"] == "running" and time.monotonic() < deadline:
         time.sleep(0.05)
     run = client.get(f"/api/runs/{stale}").json()

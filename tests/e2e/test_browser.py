@@ -246,6 +246,19 @@ def report_and_its_download(page: Any, base: str, tmp_path: Path) -> None:
     assert not outside and not errors, (outside, errors)
 
 
+def compare_switches_with_the_servers_labels(page: Any) -> None:
+    """compare.js titles the axes with the words the server put in the figure (layout.meta)."""
+    titles = "() => { const l = document.getElementById('compare-chart').layout; " \
+             "return [l.xaxis.title.text, l.yaxis.title.text]; }"
+    metric = page.eval_on_selector("#curve-metric", "s => Array.from(s.options).map((o) => o.value).at(-1)")
+    label = page.evaluate(f"() => document.getElementById('compare-chart').layout.meta.metric_labels[{metric!r}]")
+    assert label and label != metric
+    page.select_option("#curve-x", "time")
+    page.select_option("#curve-metric", metric)
+    page.wait_for_function(f"() => ({titles})()[0] === 'wall time (s)' && ({titles})()[1] === {label!r}",
+                           timeout=PAGE_TIMEOUT_MS)
+
+
 def compare_grouped(page: Any, base: str, first: int, second: int) -> None:
     """Grouped by model, the two task1 runs are one group: mean ± std in the table, a band in the chart."""
     page.goto(f"{base}/compare?ids={first},{second}")
@@ -303,6 +316,7 @@ def test_dashboard_in_chromium(served: Any, browser: Any, small_cifar: Path, tmp
         page.goto(f"{base}/compare?ids={first},{second}")
         page.wait_for_function(CHART_HAS_POINTS, arg="compare-chart")
         assert page.locator("table.compare-table tbody tr").count() == 2
+        compare_switches_with_the_servers_labels(page)
         screenshot(page, "04-compare")
         compare_grouped(page, base, first, second)
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import plotly
+import pytest
 from fastapi.testclient import TestClient
 
+from app.pages import templating
 from app.pages.templating import PLOTLY_JS, PLOTLY_URL, fmt_duration, fmt_number, fmt_percent, static_url
 
 
@@ -51,8 +56,23 @@ def test_no_page_loads_anything_from_another_site(client: TestClient, seed: Any,
 
 
 def test_static_urls_carry_a_content_hash() -> None:
-    assert static_url("app.css").startswith("/static/app.css?v=")
+    content = (templating.STATIC_DIR / "app.css").read_bytes()
+    assert static_url("app.css") == f"/static/app.css?v={hashlib.sha256(content).hexdigest()[:10]}"
     assert static_url("missing.js") == "/static/missing.js?v=missing"
+
+
+def test_static_url_hash_follows_the_file_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(templating, "STATIC_DIR", tmp_path)
+    asset = tmp_path / "page.js"
+    asset.write_text("console.log(1);\n")
+    os.utime(asset, ns=(1_000_000_000, 1_000_000_000))
+    first = static_url("page.js")
+    assert first == "/static/page.js?v=" + hashlib.sha256(b"console.log(1);\n").hexdigest()[:10]
+    assert static_url("page.js") == first  # unchanged file, same URL
+    asset.write_text("console.log(2);\n")
+    os.utime(asset, ns=(2_000_000_000, 2_000_000_000))
+    assert static_url("page.js") == "/static/page.js?v=" + hashlib.sha256(b"console.log(2);\n").hexdigest()[:10]
+    assert static_url("page.js") != first
 
 
 def test_formatting_helpers() -> None:

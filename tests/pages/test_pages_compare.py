@@ -155,3 +155,14 @@ def test_compare_group_by_unknown_setting_400(client: TestClient, two_runs: tupl
     response = client.get(f"/compare?ids={two_runs[0]},{two_runs[1]}&group_by=batch_size")
     assert response.status_code == 400 and "model, lr" in response.text
     assert client.get(f"/compare?ids={two_runs[0]},{two_runs[1]}&group_by=").status_code == 200
+
+
+@pytest.mark.parametrize("group_by", ["", "&group_by=lr"])
+def test_compare_figure_carries_the_switch_labels(client: TestClient, two_runs: tuple[int, int],
+                                                  html: SimpleNamespace, group_by: str) -> None:
+    """static/compare.js relabels from the figure's layout.meta, never from its own copy of the words."""
+    page = client.get("/compare?ids={},{}{}".format(*two_runs, group_by)).text
+    meta = html.json_block(page, "compare-figure")["layout"]["meta"]
+    assert meta["metric_labels"]["val/acc"] == "val accuracy (%)"
+    assert meta["metric_labels"]["train/loss"] == "train loss"
+    assert meta["x_titles"] == {"epoch": "epoch", "step": "step", "time": "wall time (s)"}

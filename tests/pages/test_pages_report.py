@@ -218,3 +218,28 @@ def test_report_seeds_for_another_dataset_by_query(client: Any, seed: Any) -> No
     assert seeds_cell(page, "task1", "test/acc").startswith("–")
     assert "another data set: cifar10" in page
     assert client.get("/report", params={"dataset": "x" * 3000}).status_code == 422
+
+
+def jpeg_reference_table() -> dict[str, dict[str, float]]:
+    """docs/benchmarks.md's "JPEG reference" rows, keyed like report.RECIPE_ON_JPEG.metrics."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md").read_text()
+    section = docs.split("### JPEG reference", 1)[1].split("\n#", 1)[0]
+    columns = ("train/acc", "val/acc", "test/acc", "train/loss", "val/loss")
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[2].endswith("%"):
+            rows[cells[0]] = {name: float(cell.rstrip("%")) / (100 if cell.endswith("%") else 1)
+                              for name, cell in zip(columns, cells[2:])}
+    return rows
+
+
+def test_report_cites_the_jpeg_reference_in_the_projects_docs(client: Any) -> None:
+    page = client.get("/report").text
+    assert "shared/datasets" not in page and "docs/benchmarks.md" in page
+    table = jpeg_reference_table()
+    # The figures the report compares against are the ones the docs print (net2: the study's Linear-only init).
+    rows = {"task1": table["task1"], "net1": table["net1, Xavier on all layers"],
+            "net2": table["net2, Xavier on Linear only (the study's code)"]}
+    for preset, metrics in report.RECIPE_ON_JPEG.metrics.items():
+        assert metrics == pytest.approx(rows[preset]), preset

@@ -361,6 +361,13 @@ def test_page_without_a_checkpoint_says_so(client: Any, html: Any) -> None:
     assert not any("visualize.js" in (attrs.get("src") or "") for attrs in html.elements(response.text, "script"))
 
 
+@pytest.mark.parametrize("run_id", ["abc", "-1", "1.5", "%C2%B2"])
+def test_page_of_a_run_id_that_is_no_number_is_the_html_404_page(client: Any, run_id: str) -> None:
+    response = client.get(f"/runs/{run_id}/visualize")
+    assert response.status_code == 404 and response.headers["content-type"].startswith("text/html")
+    assert "<h1>Not found</h1>" in response.text
+
+
 def test_page_of_an_unknown_run_is_the_html_404_page(client: Any) -> None:
     response = client.get("/runs/4242/visualize")
     assert response.status_code == 404 and response.headers["content-type"].startswith("text/html")
