@@ -34,14 +34,13 @@ from contextlib import suppress
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
-from app.core.config import Settings, get_settings
+from app.core.config import EMBEDDED_PARENT_VARIABLE, Settings, get_settings
 from app.core.db import get_engine, utcnow
 from app.services import lifecycle
 
 # A warm shutdown: the training stops at its next step, records it, and its process exits.
 WORKER_STOP_TIMEOUT_S = 20.0
 # The worker reads this to die with `trainboard serve` (worker.celery_app).
-EMBEDDED_PARENT_VARIABLE = "TRAINBOARD_EMBEDDED_PARENT_PID"
 # A worker that has not beaten at all this long after its start (importing torch included) is replaced.
 WORKER_STARTUP_LIMIT_S = 180.0
 SUPERVISE_INTERVAL_S = 1.0

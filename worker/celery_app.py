@@ -70,8 +70,8 @@ def _die_with_embedding_parent(**_: object) -> None:
     import os
     import signal
 
-    from app.embedded import EMBEDDED_PARENT_VARIABLE
-    from worker.supervisor import die_with_parent
+    from app.core.config import EMBEDDED_PARENT_VARIABLE
+    from worker.parent import die_with_parent
 
     parent = os.environ.get(EMBEDDED_PARENT_VARIABLE)
     if parent and parent.isascii() and parent.isdigit():

@@ -31,12 +31,10 @@ forced event says so.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 from contextlib import suppress
@@ -46,46 +44,18 @@ from typing import Any
 from app.core.config import Settings
 from app.models import RunStatus
 from app.services import lifecycle
+from worker.parent import die_with_parent
 from worker.store import RunStore
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 POLL_INTERVAL_S = 0.5
-
-
-def die_with_parent(sig: int, parent_pid: int, *, hard_exit_after_s: float | None = None) -> None:
-    """Linux: the kernel sends `sig` to this process when its parent goes; exit at once if it already went.
-
-    Also a thread that watches the parent's pid (for platforms without the signal), sends `sig`
-    when the parent is gone and, `hard_exit_after_s` later, kills this process group if this
-    process still lives (a warm shutdown that hangs).
-    """
-    if sys.platform == "linux":
-        with suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        log.warning("parent process %s is gone; stopping", parent_pid)
-        os.kill(os.getpid(), sig)
-        if hard_exit_after_s is not None:
-            time.sleep(hard_exit_after_s)
-            log.error("still alive %.0f s after the parent went; killing this process group", hard_exit_after_s)
-            with suppress(OSError):
-                os.killpg(os.getpgrp(), signal.SIGKILL)
-            os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 # ------------------------------------------------------------------ child ---
 
 def child_main(run_id: int, parent_pid: int, ready: Any = None) -> None:
-    """The child process: train the claimed run `run_id` (worker.tasks.train_claimed_run).
+    """The child process: train the claimed run `run_id` (worker.training.train_claimed_run).
 
     `ready` (an Event) is set once the imports are done: from then on the run's own heartbeat
     thread beats; until then the supervisor beats for it.
@@ -94,7 +64,7 @@ def child_main(run_id: int, parent_pid: int, ready: Any = None) -> None:
     # Ctrl-C in a terminal reaches the whole process group: the worker decides, and tells us by SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format=f"[%(asctime)s: %(levelname)s/train-{run_id}] %(message)s")
-    from worker import heartbeat, tasks  # after the signal set-up: importing torch takes seconds
+    from worker import heartbeat, training  # after the signal set-up: importing torch takes seconds
 
     # Only flags are set in a signal handler; the training stops at its next step.
     signal.signal(signal.SIGTERM, lambda *_: heartbeat.stop_all_trainings())
@@ -102,7 +72,7 @@ def child_main(run_id: int, parent_pid: int, ready: Any = None) -> None:
     run = store.load()
     if ready is not None:
         ready.set()
-    status = tasks.train_claimed_run(run, store)
+    status = training.train_claimed_run(run, store)
     log.info("run %s ended: %s", run_id, status)
     # Everything is written and committed: skip the interpreter's teardown (seconds with torch
     # loaded on a busy machine), which a worker's warm shutdown would otherwise wait for.

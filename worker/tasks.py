@@ -18,41 +18,24 @@ process that worker.supervisor watches and kills when it does not stop in time
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import time
-import traceback
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Callable
 
 from celery import current_task
 
-from app.core.config import Settings, get_settings
-from app.models import Run, RunEventKind, RunStatus
-from app.services.run_config import resolve_dataset_path
-from ml.config import DatasetSpec, TrainConfig, from_dict
-from ml.data import load_splits
-from ml.trainer import Callback, TrainResult, TrainStart, load_checkpoint, resolve_device, train
+from app.core.config import get_settings
+from app.models import RunStatus
 from worker.celery_app import TRAIN_TASK, celery_app
-from worker.heartbeat import RunHeartbeat, heartbeat_interval_s, worker_stopping
-from worker.metric_writer import MetricWriter
-from worker.store import RunStore, relative_to_artifacts
-from worker.system_metrics import EnvironmentRecorder, SystemSampler
+from worker.heartbeat import worker_stopping
+from worker.store import RunStore
 from worker.supervisor import train_in_child
+from worker.training import fail_run, train_claimed_run
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_NAME = "checkpoint.pt"
-TRACEBACK_EXCERPT_CHARS = 4000
-
 
 # The training runs in a child process the task supervises (worker.supervisor), so that a hung
 # step can be killed. Tests that patch the training in this process turn it off.
 TRAIN_IN_CHILD_PROCESS = True
-# Test-only: a training step that never returns, at this step (see hang_for_tests).
-HANG_AT_STEP_VARIABLE = "TRAINBOARD_TEST_HANG_AT_STEP"
 
 
 @celery_app.task(name=TRAIN_TASK)
@@ -81,178 +64,7 @@ def train_run(run_id: int, queued_at: str | None = None) -> str:
         return RunStatus.failed.value
 
 
-def train_claimed_run(run: Run, store: RunStore) -> str:
-    """Train a claimed run in this process and record how it ended, whatever happens."""
-    try:
-        return execute_run(run, store, get_settings())
-    except BaseException as err:  # noqa: BLE001 - also KeyboardInterrupt/SystemExit: record, then re-raise
-        fail_run(store, err)
-        if not isinstance(err, Exception):
-            raise
-        return RunStatus.failed.value
-
-
-def execute_run(run: Run, store: RunStore, settings: Settings) -> str:
-    """Everything after the claim: resume point, data, training, and the run's final status."""
-    checkpoint = checkpoint_path(settings, run.id)
-    resume = resume_point(run, store, checkpoint)
-    writer = MetricWriter(store.write_points, time_offset=resume.time_offset if resume else 0.0)
-    # The heartbeat beats while the data loads too (decoding an image folder can take minutes),
-    # and on the way out flushes what the writer holds, also when training raised.
-    with RunHeartbeat(store, writer, interval_s=heartbeat_interval_s()) as heartbeat:
-        config = from_dict(TrainConfig, run.hyperparameters)
-        spec = dataset_spec(run, settings)
-        splits = load_splits(spec, data_dir=settings.DATASETS_DIR, seed=config.seed,
-                             val_fraction=config.val_fraction)
-        recorder = RunRecorder(store, settings.ARTIFACTS_DIR)
-        device = resolve_device("auto")
-        # System metrics (system/…) go through the same writer; the sampler stops before it closes.
-        with SystemSampler(writer, device, config.batch_size) as system:
-            result = train(run.model, config, splits, device=device,
-                           callbacks=[writer, recorder, system, EnvironmentRecorder(store, device),
-                                      *hang_for_tests()],
-                           should_stop=heartbeat.should_stop, checkpoint_path=checkpoint,
-                           resume_from=checkpoint if resume else None, augment=spec.augment,
-                           allow_download=spec.download)
-        writer.close()  # the last points, durably, before the run is marked finished
-    return finish(run, result, heartbeat, store, settings)
-
-
-# ----------------------------------------------------------------- inputs ---
-
 def worker_hostname() -> str:
     """Celery's node name (celery@host) inside a worker; the host name when called directly."""
     request = getattr(current_task, "request", None)
     return getattr(request, "hostname", None) or socket.gethostname()
-
-
-def checkpoint_path(settings: Settings, run_id: int) -> Path:
-    return settings.ARTIFACTS_DIR / str(run_id) / CHECKPOINT_NAME
-
-
-def dataset_spec(run: Run, settings: Settings) -> DatasetSpec:
-    """The run's dataset; CIFAR-10 without a path lives in DATASETS_DIR, relative paths are inside it."""
-    spec = from_dict(DatasetSpec, run.dataset)
-    if spec.path:
-        spec.path = str(resolve_dataset_path(spec.path, settings))
-    return spec
-
-
-@dataclass(frozen=True)
-class ResumePoint:
-    step: int  # the checkpoint's optimizer step
-    time_offset: float  # seconds of training before it
-
-
-def resume_point(run: Run, store: RunStore, checkpoint: Path) -> ResumePoint | None:
-    """For a redelivered run: where its checkpoint left off (None: start from step 0).
-
-    Points written after the checkpoint's step are dropped: training repeats those steps.
-    """
-    if run.resumed_count == 0:
-        return None
-    if not checkpoint.is_file():
-        store.truncate_metrics(after_step=-1)
-        store.add_event(RunEventKind.info, "no checkpoint was saved before the worker was lost; restarting at step 0")
-        return None
-    state = load_checkpoint(checkpoint)
-    history = state.get("history") or []
-    point = ResumePoint(step=int(state["step"]), time_offset=float(history[-1].get("time", 0.0)) if history else 0.0)
-    store.truncate_metrics(after_step=point.step)
-    store.add_event(RunEventKind.resumed, f"resumed from checkpoint at step {point.step}")
-    return point
-
-
-# ------------------------------------------------------------- callbacks ---
-
-class RunRecorder(Callback):
-    """Run history entries from the training thread: what trains where, and each checkpoint.
-
-    Both are best effort: a history entry that cannot be written must not end the training.
-    """
-
-    def __init__(self, store: RunStore, artifacts_dir: Path) -> None:
-        self.store = store
-        self.artifacts_dir = artifacts_dir
-
-    def on_train_start(self, info: TrainStart) -> None:
-        message = (f"training on {info.device}: {info.parameters:,} parameters ({info.trainable_parameters:,} "
-                   f"trainable), {info.num_train}/{info.num_val}/{info.num_test} train/val/test images, "
-                   f"{info.total_steps} steps")
-        self._best_effort(self.store.add_event, RunEventKind.info, message)
-
-    def on_checkpoint(self, path: Path, step: int) -> None:
-        # If this fails, finish_run still records the final checkpoint's path.
-        self._best_effort(self.store.record_checkpoint, relative_to_artifacts(path, self.artifacts_dir), step)
-
-    @staticmethod
-    def _best_effort(write: Callable[..., Any], *args: Any) -> None:
-        try:
-            write(*args)
-        except Exception as err:
-            log.warning("%s failed: %s: %s", getattr(write, "__name__", "write"), type(err).__name__, err)
-
-
-class HangAtStep(Callback):
-    """Test-only: from step `step` on, the training thread blocks for ever, deaf to cancels and SIGTERM."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step(self, report: Any) -> None:
-        if report.step >= self.step:
-            log.warning("%s: hanging at step %s", HANG_AT_STEP_VARIABLE, report.step)
-            while True:
-                time.sleep(3600)
-
-
-def hang_for_tests() -> list[Callback]:
-    """[HangAtStep] when the test-only environment variable asks for it, else nothing."""
-    step = os.environ.get(HANG_AT_STEP_VARIABLE)
-    return [HangAtStep(int(step))] if step else []
-
-
-# ------------------------------------------------------------- finishing ---
-
-def finish(run: Run, result: TrainResult, heartbeat: RunHeartbeat, store: RunStore, settings: Settings) -> str:
-    """Map the trainer's result to the run's final status and write it."""
-    final = result.final
-    best = result.best.get("metrics", {}) if result.best else {}
-    stored_checkpoint = relative_to_artifacts(result.checkpoint, settings.ARTIFACTS_DIR) if result.checkpoint else None
-    if result.status == "cancelled" and not heartbeat.cancel_requested:
-        # Not the user: the worker is shutting down. Say so instead of pretending it was cancelled.
-        error = (f"interrupted at step {result.steps}: the worker shut down. The checkpoint of the last "
-                 f"evaluation is kept{f' ({stored_checkpoint})' if stored_checkpoint else ''}.")
-        store.finish(RunStatus.failed, final_metrics=final, best_metrics=best, error=error,
-                     checkpoint_path=stored_checkpoint)
-        return RunStatus.failed.value
-    if result.status == "early_stopped":
-        store.add_event(RunEventKind.info, early_stop_message(run, result))
-    status = RunStatus.cancelled if result.status == "cancelled" else RunStatus.succeeded
-    store.finish(status, final_metrics=final, best_metrics=best, checkpoint_path=stored_checkpoint)
-    return status.value
-
-
-def early_stop_message(run: Run, result: TrainResult) -> str:
-    last_epoch = result.history[-1]["epoch"] if result.history else 0.0
-    count = run.hyperparameters.get("early_stop_count")
-    return (f"early stopped at epoch {last_epoch:g} (step {result.steps}): the last {count} validation "
-            f"losses did not decrease")
-
-
-def fail_run(store: RunStore, err: BaseException) -> None:
-    """Record `err` as the run's failure; logs (never raises) when even that is impossible."""
-    log.error("run %s failed", store.run_id, exc_info=err)
-    try:
-        store.finish(RunStatus.failed, error=error_text(err))
-    except Exception:
-        log.exception("could not mark run %s failed; the watchdog will once its heartbeat is stale", store.run_id)
-
-
-def error_text(err: BaseException) -> str:
-    """'Type: message' on the first line (the history shows it), then the end of the traceback."""
-    headline = f"{type(err).__name__}: {err}".strip()
-    trace = "".join(traceback.format_exception(err))
-    if len(trace) > TRACEBACK_EXCERPT_CHARS:
-        trace = "…\n" + trace[-TRACEBACK_EXCERPT_CHARS:]
-    return f"{headline}\n\n{trace}"

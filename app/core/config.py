@@ -15,6 +15,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 FILESYSTEM_BROKER = "filesystem://"
+# Set by `trainboard serve` in its embedded workers' environment: the pid they must not outlive.
+EMBEDDED_PARENT_VARIABLE = "TRAINBOARD_EMBEDDED_PARENT_PID"
 MIN_TOKEN_LENGTH = 16
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from app.core.config import get_settings
-from worker.tasks import HANG_AT_STEP_VARIABLE, train_run
+from worker.tasks import train_run
+from worker.training import HANG_AT_STEP_VARIABLE
 
 from .test_tasks import TINY, cancel, wait_for
 

@@ -15,7 +15,7 @@ from app.core.db import get_engine
 from app.services import lifecycle
 from app.services.runs import request_cancel
 from ml.trainer import eval_steps as scheduled_evals
-from worker import tasks
+from worker import tasks, training
 from worker.tasks import train_run
 
 pytestmark = pytest.mark.slow
@@ -141,8 +141,8 @@ def test_train_run_redelivered_run_resumes_from_checkpoint(db, cifar_subset: Pat
 
     # First delivery: the worker "dies" at step 6, after the mid-epoch checkpoint (step 4), without
     # finishing the run.
-    monkeypatch.setattr(tasks.RunRecorder, "on_step", die_after_step_6, raising=False)
-    monkeypatch.setattr(tasks, "fail_run", lambda store, err: None)
+    monkeypatch.setattr(training.RunRecorder, "on_step", die_after_step_6, raising=False)
+    monkeypatch.setattr(training, "fail_run", lambda store, err: None)
     with pytest.raises(WorkerDied):
         train_run(run_id)
     assert db.run(run_id).status == "running"
