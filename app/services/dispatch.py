@@ -16,6 +16,7 @@ from typing import Iterable, Mapping
 from kombu.exceptions import KombuError
 from kombu.utils.url import maybe_sanitize_url
 
+from app.core.celery import TRAIN_TASK, celery_app
 from app.core.config import Settings, get_settings
 from app.services.errors import BrokerUnavailable
 
@@ -24,8 +25,6 @@ logger = logging.getLogger(__name__)
 
 def _connection(settings: Settings, connect_timeout: float):  # type: ignore[no-untyped-def]
     """A Kombu connection for settings.BROKER_URL (per call, so tests can change the URL)."""
-    from worker.celery_app import celery_app
-
     settings.ensure_broker_dirs()
     return celery_app.connection_for_write(
         url=settings.BROKER_URL,
@@ -54,9 +53,6 @@ def dispatch_train_runs(run_ids: Iterable[int], *, settings: Settings | None = N
     Raises BrokerUnavailable when the broker cannot be reached; some tasks may have
     been sent before the failure (claim_run ignores tasks of deleted runs).
     """
-    # Imported here: worker.celery_app configures itself from the settings when first imported.
-    from worker.celery_app import TRAIN_TASK, celery_app
-
     settings = settings or get_settings()
     run_ids = list(run_ids)
     try:

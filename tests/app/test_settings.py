@@ -59,8 +59,10 @@ def test_settings_redis_visibility_timeout_exceeds_max_run_seconds(tmp_path: Pat
 def test_celery_app_is_configured_from_settings(tmp_path: Path) -> None:
     from celery import Celery
 
-    from worker.celery_app import TRAIN_TASK, celery_app, configure_celery
+    from app.core.celery import TRAIN_TASK, celery_app, configure_celery
+    from worker import celery_app as worker_side
 
+    assert worker_side.celery_app is celery_app  # one app: the worker only adds its start-up hooks
     assert celery_app.main == "trainboard"
     assert "worker.tasks" in celery_app.conf.include
     app = Celery("check")
@@ -75,11 +77,11 @@ def test_celery_app_is_configured_from_settings(tmp_path: Path) -> None:
 
 
 def test_celery_app_does_not_import_torch(tmp_path: Path) -> None:
-    """The web app imports worker.celery_app to send tasks; it must not drag torch or ml in."""
+    """The web app imports app.core.celery to send tasks; neither it nor the worker's side drags torch or ml in."""
     import subprocess
     import sys
 
-    code = "import sys, worker.celery_app; print('torch' in sys.modules, any(m.startswith('ml') for m in sys.modules))"
+    code = "import sys, app.core.celery, worker.celery_app; print('torch' in sys.modules, any(m.startswith('ml') for m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parents[2],
                             env={"TRAINBOARD_ENV_FILE": "", "DATA_DIR": str(tmp_path),
