@@ -24,9 +24,8 @@ from celery import current_task
 
 from app.core.config import Settings, get_settings
 from app.models import Run, RunEventKind, RunStatus
-from app.services.run_config import resolve_dataset_path
-from ml.config import DatasetSpec, TrainConfig, from_dict
-from ml.data import load_splits
+from app.services.datasets import load_run_splits
+from ml.config import TrainConfig, from_dict
 from ml.trainer import Callback, TrainResult, TrainStart, load_checkpoint, train
 from worker.celery_app import TRAIN_TASK, celery_app
 from worker.heartbeat import RunHeartbeat, heartbeat_interval_s
@@ -65,9 +64,7 @@ def execute_run(run: Run, store: RunStore, settings: Settings) -> str:
     # and on the way out flushes what the writer holds, also when training raised.
     with RunHeartbeat(store, writer, interval_s=heartbeat_interval_s()) as heartbeat:
         config = from_dict(TrainConfig, run.hyperparameters)
-        spec = dataset_spec(run, settings)
-        splits = load_splits(spec, data_dir=settings.DATASETS_DIR, seed=config.seed,
-                             val_fraction=config.val_fraction)
+        spec, splits = load_run_splits(run, settings=settings)
         recorder = RunRecorder(store, settings.ARTIFACTS_DIR)
         result = train(run.model, config, splits, device="auto", callbacks=[writer, recorder],
                        should_stop=heartbeat.should_stop, checkpoint_path=checkpoint,
@@ -87,14 +84,6 @@ def worker_hostname() -> str:
 
 def checkpoint_path(settings: Settings, run_id: int) -> Path:
     return settings.ARTIFACTS_DIR / str(run_id) / CHECKPOINT_NAME
-
-
-def dataset_spec(run: Run, settings: Settings) -> DatasetSpec:
-    """The run's dataset; CIFAR-10 without a path lives in DATASETS_DIR, relative paths are inside it."""
-    spec = from_dict(DatasetSpec, run.dataset)
-    if spec.path:
-        spec.path = str(resolve_dataset_path(spec.path, settings))
-    return spec
 
 
 @dataclass(frozen=True)

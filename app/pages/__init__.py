@@ -15,12 +15,12 @@ from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.pages import assets, auth, compare, launch, report, runs, visualize
+from app.pages import assets, auth, compare, datasets, launch, report, runs, visualize
 from app.pages.errors import html_or_json_http_error
 from app.pages.templating import STATIC_DIR
 
 pages_router = APIRouter(include_in_schema=False)
-for _module in (assets, auth, launch, runs, compare, visualize, report):
+for _module in (assets, auth, launch, runs, compare, visualize, report, datasets):
     pages_router.include_router(_module.router)
 
 

@@ -212,3 +212,14 @@ def parcoords_figure(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> str
     layout = _base_layout("", "", height=380)  # the page's heading names it
     layout["margin"] = {"l": 72, "r": 72, "t": 48, "b": 32}
     return go.Figure(data=[figure], layout=layout).to_json()  # one small trace: plotly validates it all
+
+
+def class_balance_figure(classes: Sequence[str], counts: dict[str, Sequence[int]]) -> str:
+    """Grouped bars: images per class, one bar colour per split (the datasets page)."""
+    layout = _base_layout("Images per class", "images", x_title="class", height=300)
+    layout["hovermode"] = "closest"
+    layout["barmode"] = "group"
+    traces = [{**go.Bar(name=split, marker={"color": colour}, hovertemplate="%{x}: %{y} images<extra>" + split
+                        + "</extra>").to_plotly_json(), "x": list(classes), "y": list(counts.get(split, []))}
+              for split, colour in (("train", "#4c78a8"), ("test", "#f58518")) if split in counts]
+    return figure_json(traces, layout)

@@ -46,7 +46,7 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 NAV_ITEMS = (("runs", "/", "Runs"), ("launch", "/runs/new", "Launch"), ("compare", "/compare", "Compare"),
-             ("report", "/report", "Report"))
+             ("report", "/report", "Report"), ("datasets", "/datasets", "Datasets"))
 
 
 # ------------------------------------------------------------------ filters ---

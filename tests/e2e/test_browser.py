@@ -20,7 +20,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,12 +79,9 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def small_cifar(shared_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """30 train and 10 test JPEGs per class of the shared CIFAR-10."""
-    from ml.data import extract_imagefolder_subset
-
-    return extract_imagefolder_subset(shared_archive, tmp_path_factory.mktemp("cifar") / "subset",
-                                      train_per_class=30, test_per_class=10)
+def small_cifar(sample_subset: Callable[[int, int], Path]) -> Path:
+    """30 train and 10 test JPEGs per class of the built-in cifar10-sample."""
+    return sample_subset(30, 10)
 
 
 @pytest.fixture
