@@ -175,7 +175,11 @@ def form_start(*, model: str | None, clone_of: Any, default_dataset: str | None 
             tags=tuple(request["tags"]), notes=request["notes"], clone_of=clone_of,
         )
     model = model if model in MODELS else next(iter(MODELS))
-    return FormStart(model=model, hyperparameters=catalog.preset_hyperparameters(model), dataset=dataset_defaults)
+    hyperparameters = catalog.preset_hyperparameters(model)
+    if default_dataset == datasets.SAMPLE_NAME:
+        # A first run on the sample should finish in about a minute on a 2-core CPU.
+        hyperparameters["epochs"] = min(hyperparameters["epochs"], datasets.SAMPLE_FORM_EPOCHS)
+    return FormStart(model=model, hyperparameters=hyperparameters, dataset=dataset_defaults)
 
 
 def launch_page_context(start: FormStart, max_sweep_runs: int, settings: Settings | None = None) -> dict[str, Any]:

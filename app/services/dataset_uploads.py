@@ -105,12 +105,13 @@ def forget(*, settings: Settings, name: str) -> None:
 
 def begin(*, settings: Settings, name: str) -> Path:
     """Check that `name` is free and reserve it; the archive's path to write to."""
-    from app.services.datasets import BUILTIN_NAMES, RESERVED_FOLDERS, check_name, list_datasets
+    from app.services.datasets import BUILTIN_NAMES, RESERVED_FOLDERS, check_name
 
     check_name(name)
     if name in BUILTIN_NAMES or name in RESERVED_FOLDERS:
         raise InvalidInput([(("name",), f"{name} is a built-in dataset name; choose another")])
-    if any(info.name == name for info in list_datasets(settings=settings)):
+    assert settings.DATASETS_DIR is not None
+    if (settings.DATASETS_DIR / name).exists() or _state_path(settings, name).exists():
         raise Conflict(f"a dataset named {name} exists already; delete it first or choose another name")
     folder = _uploads_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
@@ -262,7 +263,8 @@ def _extract_zip(archive: Path, dest: Path, budget: _Budget, report: Any) -> Non
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 raise UnsafeArchive(f"unsafe archive: {info.filename!r} is a link; links are not allowed")
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            # Archivers that record no file type (type bits 0) make plain files.
+            if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 raise UnsafeArchive(f"unsafe archive: {info.filename!r} is a device or special file")
             rel = _safe_name(info.filename)
             if rel is None or info.is_dir():

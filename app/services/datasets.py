@@ -14,6 +14,7 @@ by the launch checks, the worker and the visualisations alike.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ BUILTIN_NAMES = frozenset({SAMPLE_NAME, CIFAR10_NAME})
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 OUTSIDE_ROOTS = "outside the allowed dataset roots"
+# The launch form's epochs on the sample: task1 then trains in about a minute on 2 CPU cores
+# (docs/benchmarks.md, "First run on the sample").
+SAMPLE_FORM_EPOCHS = 5
 # Folders in DATASETS_DIR that are not datasets: CIFAR-10's own, and upload staging.
 RESERVED_FOLDERS = frozenset({"cifar-10-batches-py"})
 
@@ -273,27 +277,47 @@ def _cifar10_info(settings: Settings) -> DatasetInfo:
                                f"{settings.DATASETS_DIR}.")
 
 
+@functools.lru_cache(maxsize=1)
+def _sample_info() -> DatasetInfo:
+    # Package data: it never changes while the app runs, and listing 6,000 files each time adds up.
+    return _imagefolder_info(SAMPLE_NAME, sample_root(), "builtin", deletable=False)
+
+
+def _is_listed_folder(entry: Path) -> bool:
+    return (bool(NAME_PATTERN.match(entry.name)) and entry.name not in RESERVED_FOLDERS
+            and entry.name not in BUILTIN_NAMES and entry.is_dir() and not entry.is_symlink())
+
+
 def list_datasets(*, settings: Settings) -> list[DatasetInfo]:
     """Every dataset the workers can train on: the sample, CIFAR-10, then image folders by name."""
     from app.services import dataset_uploads
 
     assert settings.DATASETS_DIR is not None
-    found = [_imagefolder_info(SAMPLE_NAME, sample_root(), "builtin", deletable=False), _cifar10_info(settings)]
+    found = [dataclasses.replace(_sample_info()), _cifar10_info(settings)]
     pending = dataset_uploads.pending(settings=settings)
     if settings.DATASETS_DIR.is_dir():
         for entry in sorted(settings.DATASETS_DIR.iterdir()):
-            if (entry.name in RESERVED_FOLDERS or entry.name in pending or not NAME_PATTERN.match(entry.name)
-                    or entry.name in BUILTIN_NAMES or not entry.is_dir() or entry.is_symlink()):
-                continue
-            found.append(_imagefolder_info(entry.name, entry, "imagefolder", deletable=True))
+            if entry.name not in pending and _is_listed_folder(entry):
+                found.append(_imagefolder_info(entry.name, entry, "imagefolder", deletable=True))
     found.extend(pending.values())
     return found
 
 
 def get_dataset(*, settings: Settings, name: str) -> DatasetInfo:
-    for info in list_datasets(settings=settings):
-        if info.name == name:
-            return info
+    """One dataset of the list (404 when there is none by that name)."""
+    from app.services import dataset_uploads
+
+    assert settings.DATASETS_DIR is not None
+    if name == SAMPLE_NAME:
+        return dataclasses.replace(_sample_info())
+    if name == CIFAR10_NAME:
+        return _cifar10_info(settings)
+    pending = dataset_uploads.pending(settings=settings)
+    if name in pending:
+        return pending[name]
+    folder = settings.DATASETS_DIR / name
+    if NAME_PATTERN.match(name) and _is_listed_folder(folder):
+        return _imagefolder_info(name, folder, "imagefolder", deletable=True)
     raise NotFound(f"there is no dataset {name!r} (GET /api/datasets lists them)")
 
 

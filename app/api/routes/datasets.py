@@ -56,7 +56,7 @@ async def upload_dataset(request: Request, settings: SettingsDep,
                                       declared_length=int(declared) if declared and declared.isascii()
                                       and declared.isdigit() else None)
     except dataset_uploads.UploadTooLarge as err:
-        raise HTTPException(status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, detail=str(err)) from None
+        raise HTTPException(status_code=413, detail=str(err)) from None
     dataset_uploads.start_processing(settings=settings, name=name)
     return _public(datasets.get_dataset(settings=settings, name=name))
 
