@@ -370,13 +370,17 @@ def _cache_key(image_size: int, lists: dict[str, _FileList]) -> str:
     return digest.hexdigest()[:32]
 
 
+def user_cache_dir() -> Path:
+    """The user's own cache folder for decoded datasets: `$XDG_CACHE_HOME/trainboard` (the CLI's)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "trainboard"
+
+
 def _cache_dirs(cache_dir: str | Path | None) -> list[Path]:
     """Where a cache may live, in order of preference: `cache_dir`, then the user's cache folder.
 
     Never beside the data: a user's folder (or the installed sample) is read, not written.
     """
-    home_cache = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "trainboard"
-    dirs = [*([Path(cache_dir).expanduser()] if cache_dir else []), home_cache]
+    dirs = [*([Path(cache_dir).expanduser()] if cache_dir else []), user_cache_dir()]
     return list(dict.fromkeys(dirs))
 
 
