@@ -143,8 +143,7 @@ def dataset_fields(dataset_names: Sequence[str] = ()) -> list[FormField]:
     from ml.config import DatasetSpec
 
     fields = {f.name: f for f in form_fields(DatasetSpec, "dataset") if f.name not in HIDDEN_DATASET_FIELDS}
-    name = dataclasses.replace(fields.pop("name"), kind="choice", choices=("", *dataset_names),
-                               help="A dataset from the Datasets page; leave empty to give kind and path below")
+    name = dataclasses.replace(fields.pop("name"), kind="choice", choices=("", *dataset_names))
     return [name, *fields.values()]
 
 

@@ -108,7 +108,9 @@ def resolve_dataset(dataset: dict[str, Any], *, settings: Settings, loc: Loc = (
     if spec.name:
         check_name(spec.name, (*loc, "name"))
         kind = "cifar10" if spec.name == CIFAR10_NAME else "imagefolder"
-        return dataclasses.replace(spec, kind=kind, path=str(folder_of(spec.name, settings)))
+        # Confined like any path: a symlink put into DATASETS_DIR must not lead out of the roots.
+        path = confine_path(str(folder_of(spec.name, settings)), settings=settings, loc=(*loc, "name"))
+        return dataclasses.replace(spec, kind=kind, path=str(path))
     if spec.kind == "cifar10":
         path = confine_path(spec.path, settings=settings, loc=(*loc, "path")) if spec.path else settings.DATASETS_DIR
         if spec.download and path != settings.DATASETS_DIR:

@@ -143,6 +143,14 @@ def test_create_run_symlink_out_of_datasets_dir_refused(client: TestClient, cifa
     assert response.status_code == 422 and "outside the allowed dataset roots" in response.text
 
 
+def test_create_run_symlinked_name_out_of_datasets_dir_refused(client: TestClient, cifar_subset: Path) -> None:
+    datasets_dir(client).mkdir(parents=True, exist_ok=True)
+    os.symlink(cifar_subset, datasets_dir(client) / "linked")
+    response = client.post("/api/runs", json={"model": "task1", "dataset": {"name": "linked"}})
+    assert response.status_code == 422 and "outside the allowed dataset roots" in response.text
+    assert client.get("/api/datasets/linked").status_code == 404  # not listed either
+
+
 def test_create_run_path_inside_dataset_roots_accepted(client_factory: Callable, cifar_subset: Path) -> None:
     client = client_factory(DATASET_ROOTS=f"/nonexistent-root,{cifar_subset.parent}")
     response = client.post("/api/runs", json={"model": "task1", "dataset": {"kind": "imagefolder",

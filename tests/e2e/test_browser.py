@@ -307,6 +307,7 @@ def wait_succeeded(page: Any, timeout_s: float) -> None:
         timeout=timeout_s * 1000)
 
 
+@pytest.mark.timeout(DEFAULT_RUN_TIMEOUT_S + 300)
 def test_datasets_upload_launch_and_default_sample_run_in_chromium(served: Any, browser: Any) -> None:
     base = served.base_url
     problems = Problems()

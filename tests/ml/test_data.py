@@ -607,3 +607,30 @@ def test_load_imagefolder_real_subset_labels_match_folders(small_subset: Path) -
             with Image.open(small_subset / split / cls / "0003.jpg") as im:
                 expected = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
             assert torch.equal(images[label * per_class + 3], expected)
+
+
+# ---------------------------------------------------------------------------
+# The built-in sample and fingerprints
+
+
+def test_sample_root_holds_500_train_100_test_real_jpegs_per_class() -> None:
+    classes, counts = data.imagefolder_counts(data.sample_root())
+    assert classes == CIFAR10_CLASSES
+    assert counts == {"train": [500] * 10, "test": [100] * 10}
+    files = list(data.sample_root().rglob("*.jpg"))
+    assert max(p.stat().st_size for p in files) < 6 * 1024**2
+    readme = (data.sample_root() / "README.md").read_text()
+    assert f"{sum(p.stat().st_size for p in files):,} bytes" in readme and "first 500 files by name" in readme
+
+
+def test_dataset_fingerprint_follows_content_not_location(folder_root: tuple[Path, dict[str, np.ndarray]],
+                                                          tmp_path: Path) -> None:
+    import shutil
+
+    root, _ = folder_root
+    copy = shutil.copytree(root, tmp_path / "copy")
+    assert data.dataset_fingerprint(root) == data.dataset_fingerprint(copy)
+    _save_png(copy / "train/ant/000.png", _random_pixels(np.random.default_rng(42)))
+    assert data.dataset_fingerprint(root) != data.dataset_fingerprint(copy)
+    (copy / "train/ant/000.png").unlink()
+    assert data.dataset_fingerprint(root) != data.dataset_fingerprint(copy)
