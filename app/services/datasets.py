@@ -393,8 +393,11 @@ def _class_images(info: DatasetInfo, per_class: int) -> list[list[Any]]:
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         row = []
         for path in files[:per_class]:
-            with Image.open(path) as im:
-                row.append(im.convert("RGB").resize((THUMB_SIDE, THUMB_SIDE)))
+            try:
+                with Image.open(path) as im:
+                    row.append(im.convert("RGB").resize((THUMB_SIDE, THUMB_SIDE)))
+            except Exception:  # noqa: BLE001 - a corrupt file in a hand-made folder leaves a gap, not a 500
+                row.append(Image.new("RGB", (THUMB_SIDE, THUMB_SIDE), "lightgrey"))
         rows.append(row)
     return rows
 
