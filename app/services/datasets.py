@@ -411,7 +411,12 @@ def thumbnail_grid(*, settings: Settings, name: str, per_class: int = 8) -> byte
     info = get_dataset(settings=settings, name=name)
     if info.status != "ready":
         raise NotFound(f"dataset {name} is {info.status}: no images to show")
-    rows = _class_images(info, per_class)
+    from ml.data import DatasetError
+
+    try:
+        rows = _class_images(info, per_class)
+    except (DatasetError, OSError) as err:
+        raise Conflict(f"cannot read the images of {name}: {err}") from None
     gap = 2
     grid = Image.new("RGB", (per_class * (THUMB_SIDE + gap), max(1, len(rows)) * (THUMB_SIDE + gap)), "white")
     for r, row in enumerate(rows):
