@@ -121,8 +121,8 @@ def resolve_dataset(dataset: dict[str, Any], *, settings: Settings, loc: Loc = (
     return spec
 
 
-def dataset_name_of(spec: DatasetSpec, settings: Settings) -> str:
-    """The name a resolved spec is listed under, or its path when it is not in the list."""
+def dataset_name_of(spec: DatasetSpec, settings: Settings) -> str | None:
+    """The name a resolved spec is listed under, or None for a path outside the list (runs keep the path)."""
     if spec.name:
         return spec.name
     path = Path(spec.path or "")
@@ -130,9 +130,9 @@ def dataset_name_of(spec: DatasetSpec, settings: Settings) -> str:
         return CIFAR10_NAME
     if path == sample_root():
         return SAMPLE_NAME
-    if settings.DATASETS_DIR is not None and path.parent == settings.DATASETS_DIR and NAME_PATTERN.match(path.name):
+    if settings.DATASETS_DIR is not None and path.parent == settings.DATASETS_DIR and _is_listed_folder(path):
         return path.name
-    return str(path)
+    return None
 
 
 def load_run_splits(run: Any, *, settings: Settings) -> tuple[DatasetSpec, Splits]:

@@ -47,7 +47,7 @@ def test_create_run_imagefolder_with_existing_path(client_factory: Callable, cif
         "kind": "imagefolder", "path": str(cifar_subset), "limit_train": 100}})
     assert response.status_code == 201, response.text
     dataset = response.json()["dataset"]
-    assert dataset["path"] == str(cifar_subset) and dataset["name"] == str(cifar_subset)
+    assert dataset["path"] == str(cifar_subset) and dataset["name"] is None  # not a listed dataset
     assert len(dataset["fingerprint"]) == 16
 
 

@@ -404,3 +404,15 @@ def test_cifar10_download_goes_into_datasets_dir(client: TestClient, monkeypatch
     info = client.get("/api/datasets/cifar10").json()
     assert info["status"] == "downloadable" and "network unreachable" in info["message"]
     assert str(datasets_dir(client)) in info["message"]
+
+
+def test_stored_dataset_resolves_again_as_the_worker_does(client_factory: Callable, cifar_subset: Path) -> None:
+    """What a run stores must resolve to the same files in the worker (a path run keeps no name)."""
+    from app.services.datasets import resolve_dataset
+
+    client = client_factory(DATASET_ROOTS=str(cifar_subset.parent))
+    settings = client.app.state.settings
+    for dataset in ({"kind": "imagefolder", "path": str(cifar_subset)}, {"name": "cifar10-sample"}):
+        stored = client.post("/api/runs", json={"model": "task1", "dataset": dataset}).json()["dataset"]
+        spec = resolve_dataset(stored, settings=settings)
+        assert spec.kind == "imagefolder" and spec.path == stored["path"]
