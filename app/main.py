@@ -131,6 +131,8 @@ def _add_guards(app: FastAPI, settings: Settings) -> None:
     def body_limit(path: str) -> tuple[int, str]:
         if path.endswith("/visualize/activations"):
             return settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES, "MAX_UPLOAD_BYTES"
+        if path.rstrip("/") == "/api/datasets":  # the raw archive; its route counts it against the same limit
+            return settings.DATASET_UPLOAD_MAX_BYTES, "DATASET_UPLOAD_MAX_BYTES"
         return settings.MAX_REQUEST_BODY_BYTES, "MAX_REQUEST_BODY_BYTES"
 
     app.add_middleware(RejectCrossSiteWrites)

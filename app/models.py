@@ -421,3 +421,28 @@ class ComparePublic(SQLModel):
 
 class Message(SQLModel):
     message: str
+
+
+# ------------------------------------------------------------------- datasets ---
+
+class DatasetBase(SQLModel):
+    name: str = Field(description="How runs name it: dataset.name in POST /api/runs")
+    kind: str = Field(description='"builtin" (the sample), "cifar10" or "imagefolder"')
+    status: str = Field(description='"ready", "downloadable" (CIFAR-10 not here yet), "processing" or "failed"')
+
+
+class DatasetPublic(DatasetBase):
+    path: str
+    classes: list[str]
+    counts: dict[str, list[int]] = Field(description="Images per class (in `classes` order) of each split")
+    images: dict[str, int] = Field(description="Images per split")
+    size_bytes: int = Field(description="Size on disk")
+    deletable: bool
+    message: str = Field(description="Why it failed, how to get it, or what processing is doing")
+    progress: float | None = Field(description="0..1 while an upload is processed")
+
+
+class DatasetsPublic(SQLModel):
+    data: list[DatasetPublic]
+    count: int
+    default: str = Field(description="What a launch without a dataset trains on")

@@ -100,14 +100,16 @@ def dataset_spec(args: argparse.Namespace) -> DatasetSpec:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ml.data import DatasetError, load_splits
+    from ml.data import DatasetError, load_splits, user_cache_dir
     from ml.models import PretrainedWeightsMissing
     from ml.trainer import train
 
     try:
         config, spec = train_config(args), dataset_spec(args)
         began = time.perf_counter()
-        splits = load_splits(spec, data_dir=args.data, seed=config.seed, val_fraction=config.val_fraction)
+        # The cache goes to the user's cache folder, never into the data folder given.
+        splits = load_splits(spec, data_dir=args.data, seed=config.seed, val_fraction=config.val_fraction,
+                             cache_dir=user_cache_dir())
         print(f"data: {splits.source}, loaded in {time.perf_counter() - began:.1f} s", file=sys.stderr)
         checkpoint = args.out / "checkpoint.pt"
         resume = checkpoint if args.resume and checkpoint.exists() else None

@@ -85,6 +85,10 @@ class DatasetSpec:
     limit_test: int | None = field(default=None, metadata=_spec("Use at most N test images", ge=1))
     augment: bool = field(default=False, metadata=_spec("Random crop (4 px padding) and horizontal flip"))
     download: bool = field(default=False, metadata=_spec("cifar10: download when missing"))
+    name: str | None = field(default=None, metadata=_spec(
+        "A dataset by name, as listed by GET /api/datasets (e.g. cifar10-sample); sets kind and path"))
+    fingerprint: str | None = field(default=None, metadata=_spec(
+        "Content fingerprint of the data, recorded at launch (a value sent is replaced)"))
 
 
 _TYPE_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
@@ -138,7 +142,7 @@ def field_errors(obj: Any) -> dict[str, str]:
             errors[f.name] = message
     if isinstance(obj, TrainConfig) and obj.nesterov and (obj.optimizer != "sgd" or obj.momentum <= 0):
         errors["nesterov"] = "needs optimizer 'sgd' with momentum > 0"
-    if isinstance(obj, DatasetSpec) and obj.kind == "imagefolder" and not obj.path:
+    if isinstance(obj, DatasetSpec) and obj.kind == "imagefolder" and not obj.path and not obj.name:
         errors["path"] = "an imagefolder dataset needs a path"
     return errors
 

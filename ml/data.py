@@ -10,6 +10,7 @@ what to do about it, because it ends up verbatim in the dashboard and the CLI.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import hashlib
 import json
@@ -47,13 +48,21 @@ SPLITS = ("train", "test")
 
 # Bump when the cache's content or layout changes, so old cache files stop matching.
 CACHE_FORMAT_VERSION = 1
-CACHE_FOLDER = ".trainboard-cache"
+CACHE_FOLDER = "cache"  # under the app's DATA_DIR; never inside a user's data folder
 EXTRACT_MARKER = ".trainboard-extracted.json"
 DECODE_CHUNK = 512  # images per thread-pool task: big enough to amortise the task overhead
 
 # A test subset is drawn with a fixed seed rather than the run's seed, so that runs
 # with different seeds but the same limit_test are scored on the same images.
 TEST_SUBSET_SEED = 0
+
+
+SAMPLE_NAME = "cifar10-sample"
+
+
+def sample_root() -> Path:
+    """The built-in `cifar10-sample` (500 train + 100 test real CIFAR-10 JPEGs per class), installed with `ml`."""
+    return Path(__file__).resolve().parent / "sample" / SAMPLE_NAME
 
 
 class DatasetError(RuntimeError):
@@ -361,10 +370,17 @@ def _cache_key(image_size: int, lists: dict[str, _FileList]) -> str:
     return digest.hexdigest()[:32]
 
 
-def _cache_dirs(root: Path, cache_dir: str | Path | None) -> list[Path]:
-    """Where a cache may live, in order of preference: beside the data, then the fallbacks."""
-    home_cache = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "trainboard"
-    dirs = [root / CACHE_FOLDER, *([Path(cache_dir).expanduser()] if cache_dir else []), home_cache]
+def user_cache_dir() -> Path:
+    """The user's own cache folder for decoded datasets: `$XDG_CACHE_HOME/trainboard` (the CLI's)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "trainboard"
+
+
+def _cache_dirs(cache_dir: str | Path | None) -> list[Path]:
+    """Where a cache may live, in order of preference: `cache_dir`, then the user's cache folder.
+
+    Never beside the data: a user's folder (or the installed sample) is read, not written.
+    """
+    dirs = [*([Path(cache_dir).expanduser()] if cache_dir else []), user_cache_dir()]
     return list(dict.fromkeys(dirs))
 
 
@@ -415,6 +431,9 @@ def load_imagefolder(root: str | Path, cache_dir: str | Path | None = None,
                      image_size: int = 32) -> tuple[ImageSet, ImageSet]:
     """(train, test) from `<root>/train/<class>/*` and `<root>/test/<class>/*`, decoded once then cached.
 
+    The cache goes to `cache_dir` (the app passes DATA_DIR/cache), else to
+    `$XDG_CACHE_HOME/trainboard`; nothing is ever written under `root`.
+
     Labels are the indices of the sorted class folder names of train/.
     """
     root = Path(root).expanduser()
@@ -428,7 +447,7 @@ def load_imagefolder(root: str | Path, cache_dir: str | Path | None = None,
     lists = {split: _list_split(root / split, classes) for split in SPLITS}
 
     key = _cache_key(image_size, lists)
-    dirs = _cache_dirs(root, cache_dir)
+    dirs = _cache_dirs(cache_dir)
     for folder in dirs:
         cached = _read_cache(folder / f"{key}.pt", classes)
         if cached is not None:
@@ -439,6 +458,55 @@ def load_imagefolder(root: str | Path, cache_dir: str | Path | None = None,
                             torch.tensor(lists[s].labels, dtype=torch.int64), classes) for s in SPLITS)
     _write_cache(dirs, key, train, test)
     return train, test
+
+
+def imagefolder_counts(root: str | Path) -> tuple[list[str], dict[str, list[int]]]:
+    """(classes, {split: images per class}) of an image folder, without decoding anything."""
+    root = Path(root)
+    classes = _class_names(root / "train")
+    if not classes:
+        raise DatasetError(f"image folder dataset: no class folders in {root / 'train'}. "
+                           f"Expected layout: {IMAGEFOLDER_LAYOUT}.")
+    _check_test_classes(root / "test", classes)
+    counts = {}
+    for split in SPLITS:
+        labels = _list_split(root / split, classes).labels
+        counts[split] = [labels.count(i) for i in range(len(classes))]
+    return classes, counts
+
+
+def _fingerprint_files(root: Path) -> list[tuple[str, str]]:
+    """(relative name, absolute path) of every file a dataset at `root` is made of, in a fixed order."""
+    folder = root / CIFAR_FOLDER
+    if not _missing_cifar_files(folder):
+        return [(name, str(folder / name)) for name in sorted([*CIFAR_TRAIN_FILES, CIFAR_TEST_FILE, CIFAR_META_FILE])]
+    classes = _class_names(root / "train")
+    files = [_list_split(root / split, classes) for split in SPLITS]
+    return [(rel, path) for f in files for rel, path in zip(f.rels, f.paths)]
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint_of(listing: tuple[tuple[str, str, int, int], ...]) -> str:
+    digest = hashlib.sha256(b"trainboard-dataset v1\n")
+    for rel, path, _size, _mtime in listing:
+        digest.update(f"{rel}\n".encode())
+        digest.update(hashlib.sha256(_read_bytes(path)).digest())
+    return digest.hexdigest()[:16]
+
+
+def dataset_fingerprint(root: str | Path) -> str:
+    """A hash of every data file's name and bytes (CIFAR-10 pickles, or an image folder's images).
+
+    Two folders with the same images in the same class folders get the same
+    fingerprint wherever they are; any changed, added or removed image changes it.
+    Remembered per process while no file's size or mtime changes (the full JPEG
+    CIFAR-10 takes about a second to hash).
+    """
+    listing = []
+    for rel, path in _fingerprint_files(Path(root)):
+        st = os.stat(path)
+        listing.append((rel, path, st.st_size, st.st_mtime_ns))
+    return _fingerprint_of(tuple(listing))
 
 
 # ---------------------------------------------------------------------------
@@ -472,21 +540,25 @@ def _seeded_subset(images: ImageSet, limit: int | None, seed: int) -> ImageSet:
     return images.subset(_seeded_permutation(len(images), seed)[:limit].sort().values)
 
 
-def load_splits(spec: DatasetSpec, *, data_dir: str | Path, seed: int, val_fraction: float) -> Splits:
+def load_splits(spec: DatasetSpec, *, data_dir: str | Path, seed: int, val_fraction: float,
+                cache_dir: str | Path | None = None) -> Splits:
     """Load `spec`'s data and cut it into train/val/test.
 
+    `data_dir` is where CIFAR-10 lives when the spec gives no path; image folders
+    cache their decoded tensors in `cache_dir` (default `data_dir/cache`).
     With `spec.limit_train`, a seeded subset of that many training images is drawn
     first and then split, so the val set comes out of the same pool.
     """
     validate(spec)
     data_dir = Path(data_dir).expanduser()
+    if spec.name == SAMPLE_NAME and not spec.path:
+        spec = dataclasses.replace(spec, kind="imagefolder", path=str(sample_root()))
     if spec.kind == "cifar10":
         where = Path(spec.path).expanduser() if spec.path else data_dir
         train_full, test_full = load_cifar10(where, download=spec.download)
     elif spec.kind == "imagefolder":
         where = Path(spec.path or "").expanduser()
-        # The app's data dir is the fallback cache when the image folder is read-only.
-        train_full, test_full = load_imagefolder(where, cache_dir=data_dir / CACHE_FOLDER)
+        train_full, test_full = load_imagefolder(where, cache_dir=cache_dir or data_dir / CACHE_FOLDER)
     else:  # unreachable after validate(), kept for type checkers and future kinds
         raise ConfigError({"kind": f"unknown dataset kind {spec.kind!r}"})
 

@@ -251,6 +251,30 @@
     }
   });
 
+  // The "full CIFAR-10 is missing" banner: its Download button, then the download's progress.
+  const downloadButton = document.getElementById("download-cifar10");
+  if (downloadButton) {
+    const downloadStatus = document.getElementById("download-status");
+    downloadButton.addEventListener("click", async () => {
+      downloadButton.disabled = true;
+      const started = await TB.api("POST", "/api/datasets/cifar10/download");
+      if (!started.ok) {
+        downloadStatus.textContent = started.errors.join(" ");
+        downloadButton.disabled = false;
+        return;
+      }
+      const poll = async () => {
+        const info = await TB.api("GET", "/api/datasets/cifar10");
+        if (!info.ok) return;
+        downloadStatus.textContent = info.data.status === "ready" ? "CIFAR-10 is ready: pick it above."
+          : info.data.message;
+        if (info.data.status === "processing") setTimeout(poll, 2000);
+        else downloadButton.disabled = info.data.status === "ready";
+      };
+      poll();
+    });
+  }
+
   showModel(modelSelect.value);
   showSweepControls();
 })();

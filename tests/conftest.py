@@ -26,7 +26,6 @@ from app.core.config import Settings, get_settings
 from app.core.db import create_db_engine, get_engine, migrate
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TABLES = ("metric_point", "run_event", "worker_heartbeat", "run")
@@ -197,18 +196,36 @@ def client(client_factory: Callable[..., Any]) -> Any:
     return client_factory()
 
 
-@pytest.fixture(scope="session")
-def shared_archive() -> Path:
-    """The real CIFAR-10 as JPEG files, beside the checkout (never copied into it)."""
-    if not SHARED_ARCHIVE.is_file():
-        pytest.fail(f"the shared CIFAR-10 archive is missing: {SHARED_ARCHIVE}")
-    return SHARED_ARCHIVE
+def copy_sample_subset(dest: Path, *, train_per_class: int, test_per_class: int) -> Path:
+    """The first N images per class (by name) of each split of the built-in cifar10-sample, copied under `dest`."""
+    from ml.data import SPLITS, sample_root
+
+    source = sample_root()
+    for split, per_class in zip(SPLITS, (train_per_class, test_per_class)):
+        for class_dir in sorted(p for p in (source / split).iterdir() if p.is_dir()):
+            target = dest / split / class_dir.name
+            target.mkdir(parents=True, exist_ok=True)
+            for image in sorted(class_dir.iterdir())[:per_class]:
+                shutil.copyfile(image, target / image.name)
+    return dest
 
 
 @pytest.fixture(scope="session")
-def cifar_subset(shared_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """50 train and 10 test JPEGs per class of the shared CIFAR-10 (500/100), extracted once per session."""
-    from ml.data import extract_imagefolder_subset
+def sample_subset(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, int], Path]:
+    """sample_subset(train_per_class, test_per_class): a copy of that slice of cifar10-sample, made once a session."""
+    made: dict[tuple[int, int], Path] = {}
 
-    return extract_imagefolder_subset(shared_archive, tmp_path_factory.getbasetemp() / "cifar10-subset",
-                                      train_per_class=50, test_per_class=10)
+    def make(train_per_class: int, test_per_class: int) -> Path:
+        key = (train_per_class, test_per_class)
+        if key not in made:
+            dest = tmp_path_factory.mktemp(f"cifar10-sample-{train_per_class}-{test_per_class}")
+            made[key] = copy_sample_subset(dest, train_per_class=train_per_class, test_per_class=test_per_class)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def cifar_subset(sample_subset: Callable[[int, int], Path]) -> Path:
+    """50 train and 10 test JPEGs per class of the built-in cifar10-sample (500/100)."""
+    return sample_subset(50, 10)

@@ -18,9 +18,8 @@ from typing import Any, Callable
 
 from app.core.config import Settings, get_settings
 from app.models import Run, RunEventKind, RunStatus
-from app.services.run_config import resolve_dataset_path
-from ml.config import DatasetSpec, TrainConfig, from_dict
-from ml.data import load_splits
+from app.services.datasets import load_run_splits
+from ml.config import TrainConfig, from_dict
 from ml.trainer import Callback, TrainResult, TrainStart, load_checkpoint, resolve_device, train
 from worker.heartbeat import RunHeartbeat, heartbeat_interval_s
 from worker.metric_writer import MetricWriter
@@ -55,9 +54,7 @@ def execute_run(run: Run, store: RunStore, settings: Settings) -> str:
     # and on the way out flushes what the writer holds, also when training raised.
     with RunHeartbeat(store, writer, interval_s=heartbeat_interval_s()) as heartbeat:
         config = from_dict(TrainConfig, run.hyperparameters)
-        spec = dataset_spec(run, settings)
-        splits = load_splits(spec, data_dir=settings.DATASETS_DIR, seed=config.seed,
-                             val_fraction=config.val_fraction)
+        spec, splits = load_run_splits(run, settings=settings)
         recorder = RunRecorder(store, settings.ARTIFACTS_DIR)
         device = resolve_device("auto")
         # System metrics (system/…) go through the same writer; the sampler stops before it closes.
@@ -76,14 +73,6 @@ def execute_run(run: Run, store: RunStore, settings: Settings) -> str:
 
 def checkpoint_path(settings: Settings, run_id: int) -> Path:
     return settings.ARTIFACTS_DIR / str(run_id) / CHECKPOINT_NAME
-
-
-def dataset_spec(run: Run, settings: Settings) -> DatasetSpec:
-    """The run's dataset; CIFAR-10 without a path lives in DATASETS_DIR, relative paths are inside it."""
-    spec = from_dict(DatasetSpec, run.dataset)
-    if spec.path:
-        spec.path = str(resolve_dataset_path(spec.path, settings))
-    return spec
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,14 @@ moves all runtime state (database, broker folders, artifacts, datasets).
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 FILESYSTEM_BROKER = "filesystem://"
 # Set by `trainboard serve` in its embedded workers' environment: the pid they must not outlive.
@@ -92,6 +93,16 @@ class Settings(BaseSettings):
     # `trainboard serve`: a worker whose heartbeat is older than this (process stopped or
     # deadlocked) is killed and replaced; one that exits is replaced at once.
     EMBEDDED_WORKER_SILENT_S: float = Field(default=20.0, gt=0)
+    # Datasets: paths must resolve inside DATASETS_DIR or one of these roots (comma-separated
+    # or a JSON list); anything else is refused without saying whether it exists.
+    DATASET_ROOTS: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    # An uploaded archive: its bytes (counted as they stream in), then what it may unpack to.
+    DATASET_UPLOAD_MAX_BYTES: int = Field(default=512 * 1024**2, ge=1)
+    DATASET_MAX_MEMBERS: int = Field(default=200_000, ge=1)
+    DATASET_MAX_UNPACKED_BYTES: int = Field(default=2 * 1024**3, ge=1)
+    # An upload with one <class>/ tree is split into train/test with this test fraction and seed.
+    DATASET_TEST_FRACTION: float = Field(default=0.2, gt=0, lt=1)
+    DATASET_SPLIT_SEED: int = Field(default=0, ge=0)
 
     @field_validator("TRAINBOARD_API_TOKEN")
     @classmethod
@@ -108,12 +119,23 @@ class Settings(BaseSettings):
         given = [host.strip().lower() for host in self.ALLOWED_HOSTS.split(",") if host.strip()]
         return given or list(dict.fromkeys(["localhost", "127.0.0.1", "::1", self.BIND_HOST.lower()]))
 
+    @field_validator("DATASET_ROOTS", mode="before")
+    @classmethod
+    def _roots_from_csv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:
         # Absolute paths, so that a later chdir (uvicorn --reload, celery -D) changes nothing.
         self.DATA_DIR = self.DATA_DIR.expanduser().resolve()
         self.ARTIFACTS_DIR = (self.ARTIFACTS_DIR or self.DATA_DIR / "artifacts").expanduser().resolve()
         self.DATASETS_DIR = (self.DATASETS_DIR or self.DATA_DIR / "datasets").expanduser().resolve()
+        self.DATASET_ROOTS = [root.expanduser().resolve() for root in self.DATASET_ROOTS]
         if not self.DATABASE_URL:
             self.DATABASE_URL = f"sqlite:///{self.DATA_DIR / 'trainboard.db'}"
         if not self.BROKER_URL:
@@ -124,6 +146,11 @@ class Settings(BaseSettings):
     def broker_dir(self) -> Path:
         """Root of the serverless filesystem broker's folders."""
         return self.DATA_DIR / "broker"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Decoded-dataset caches and thumbnails: the app's own, never inside a user's data folder."""
+        return self.DATA_DIR / "cache"
 
     @property
     def uses_filesystem_broker(self) -> bool:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.pages import assets, auth, compare, launch, report, runs, visualize, workers
+from app.pages import assets, auth, compare, datasets, launch, report, runs, visualize, workers
 from app.pages.errors import html_or_json_http_error
 from app.pages.templating import STATIC_DIR
 
@@ -23,7 +23,7 @@ pages_router = APIRouter(include_in_schema=False)
 # The login page and plotly.js stay open; with a token set, every other page needs a login.
 for _module in (assets, auth):
     pages_router.include_router(_module.router)
-for _module in (launch, runs, compare, visualize, report, workers):
+for _module in (launch, runs, compare, visualize, report, workers, datasets):
     pages_router.include_router(_module.router, dependencies=[Depends(auth.require_page_login)])
 
 

@@ -265,3 +265,14 @@ def group_bands_figure(groups: Sequence[tuple[str, Sequence[list[dict[str, Any]]
     layout = _base_layout(f"{metric_label(metric)}: mean ± std", metric_label(metric), height=420)
     layout["hovermode"] = "closest"
     return figure_json(traces, layout)
+
+
+def class_balance_figure(classes: Sequence[str], counts: dict[str, Sequence[int]]) -> str:
+    """Grouped bars: images per class, one bar colour per split (the datasets page)."""
+    layout = _base_layout("Images per class", "images", x_title="class", height=300)
+    layout["hovermode"] = "closest"
+    layout["barmode"] = "group"
+    traces = [{**go.Bar(name=split, marker={"color": colour}, hovertemplate="%{x}: %{y} images<extra>" + split
+                        + "</extra>").to_plotly_json(), "x": list(classes), "y": list(counts.get(split, []))}
+              for split, colour in (("train", "#4c78a8"), ("test", "#f58518")) if split in counts]
+    return figure_json(traces, layout)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +19,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from app.api.deps import SessionDep, SettingsDep
+from app.core.config import Settings
 from app.core.security import parse_id
-from app.pages.runs import get_run_or_404, not_found
+from app.pages.common import get_run_or_404, not_found
 from app.pages.templating import render
-from app.services import catalog
+from app.services import catalog, datasets
 from app.services.run_config import run_request_of
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -133,10 +135,17 @@ def hyperparameter_sections() -> list[tuple[str, list[FormField]]]:
     return [(title, section) for title, section in sections if section]
 
 
-def dataset_fields() -> list[FormField]:
+# Recorded by the server, never typed in.
+HIDDEN_DATASET_FIELDS = ("fingerprint",)
+
+
+def dataset_fields(dataset_names: Sequence[str] = ()) -> list[FormField]:
+    """The dataset inputs: `name` first, as a pick from the datasets list ("" = by kind and path)."""
     from ml.config import DatasetSpec
 
-    return form_fields(DatasetSpec, "dataset")
+    fields = {f.name: f for f in form_fields(DatasetSpec, "dataset") if f.name not in HIDDEN_DATASET_FIELDS}
+    name = dataclasses.replace(fields.pop("name"), kind="choice", choices=("", *dataset_names))
+    return [name, *fields.values()]
 
 
 @dataclass(frozen=True)
@@ -152,11 +161,11 @@ class FormStart:
     clone_of: Any = None  # the Run being cloned
 
 
-def form_start(*, model: str | None, clone_of: Any) -> FormStart:
+def form_start(*, model: str | None, clone_of: Any, default_dataset: str | None = None) -> FormStart:
     from ml.config import DatasetSpec
     from ml.models import MODELS
 
-    dataset_defaults = dataclasses.asdict(DatasetSpec())
+    dataset_defaults = {**dataclasses.asdict(DatasetSpec()), "name": default_dataset}
     if clone_of is not None:
         request = run_request_of(clone_of)
         return FormStart(
@@ -166,16 +175,24 @@ def form_start(*, model: str | None, clone_of: Any) -> FormStart:
             tags=tuple(request["tags"]), notes=request["notes"], clone_of=clone_of,
         )
     model = model if model in MODELS else next(iter(MODELS))
-    return FormStart(model=model, hyperparameters=catalog.preset_hyperparameters(model), dataset=dataset_defaults)
+    hyperparameters = catalog.preset_hyperparameters(model)
+    if default_dataset == datasets.SAMPLE_NAME:
+        # A first run on the sample should finish in about a minute on a 2-core CPU.
+        hyperparameters["epochs"] = min(hyperparameters["epochs"], datasets.SAMPLE_FORM_EPOCHS)
+    return FormStart(model=model, hyperparameters=hyperparameters, dataset=dataset_defaults)
 
 
-def launch_page_context(start: FormStart, max_sweep_runs: int) -> dict[str, Any]:
+def launch_page_context(start: FormStart, max_sweep_runs: int, settings: Settings | None = None) -> dict[str, Any]:
     models = catalog.list_models()
+    listed = datasets.list_datasets(settings=settings) if settings is not None else []
+    usable = [info.name for info in listed if info.status in ("ready", "downloadable")]
     return {
         "start": start,
         "models": models,
         "sections": hyperparameter_sections(),
-        "dataset_fields": dataset_fields(),
+        "dataset_fields": dataset_fields(usable),
+        "cifar10_missing": any(info.name == datasets.CIFAR10_NAME and info.status != "ready" for info in listed),
+        "datasets_dir": settings.DATASETS_DIR if settings is not None else None,
         # For the JS: presets (filled in when the model changes) and how to read each input.
         "form_data": {
             "models": {m["name"]: {"defaults": m["defaults"], "parameters": m["parameters"],
@@ -196,5 +213,6 @@ def launch_page(request: Request, session: SessionDep, settings: SettingsDep,
         if clone_id is None:
             raise not_found(f"there is no run {clone[:40]!r} to clone")
         clone_of = get_run_or_404(session, clone_id)
-    start = form_start(model=model, clone_of=clone_of)
-    return render(request, "launch.html", launch_page_context(start, settings.MAX_SWEEP_RUNS), active="launch")
+    start = form_start(model=model, clone_of=clone_of, default_dataset=datasets.default_dataset(settings))
+    return render(request, "launch.html", launch_page_context(start, settings.MAX_SWEEP_RUNS, settings),
+                  active="launch")

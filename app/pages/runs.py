@@ -24,8 +24,7 @@ from app.core.db import utcnow
 from app.core.security import MAX_OFFSET
 from app.models import TERMINAL_STATUSES, MetricPoint, Run, RunStatus
 from app.pages import charts
-# launch.py still imports not_found from here; it moves to app.pages.common with issue 9.
-from app.pages.common import get_run_or_404, not_found  # noqa: F401
+from app.pages.common import get_run_or_404
 from app.pages.templating import render
 from app.services import catalog, runs
 from app.services.errors import ServiceError

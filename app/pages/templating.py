@@ -46,7 +46,7 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 NAV_ITEMS = (("runs", "/", "Runs"), ("launch", "/runs/new", "Launch"), ("compare", "/compare", "Compare"),
-             ("report", "/report", "Report"), ("workers", "/workers", "Workers"))
+             ("report", "/report", "Report"), ("datasets", "/datasets", "Datasets"), ("workers", "/workers", "Workers"))
 
 
 # ------------------------------------------------------------------ filters ---

@@ -3,19 +3,20 @@
 Pydantic already checked each field against ml/config.py's metadata. What is
 left needs more than one field or the file system: the TrainConfig cross-field
 rules (e.g. nesterov), the model options (validated by building the model, which
-also gives the parameter count), and an imagefolder path that must exist.
+also gives the parameter count), and the dataset (app/services/datasets.py): a
+name or a path inside the allowed roots, present, and larger than one batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from app.core.config import Settings
 from app.models import RunCreate
-from app.services import catalog
+from app.services import catalog, datasets
 from app.services.errors import InvalidInput, Loc
 
 
@@ -34,7 +35,7 @@ def resolve_run_config(run_in: RunCreate, *, settings: Settings, loc: Loc = ()) 
     """
     errors: list[tuple[Loc, str]] = []
     hyperparameters = _resolve_hyperparameters(run_in, errors, loc)
-    dataset = _resolve_dataset(run_in, settings, errors, loc)
+    dataset = _resolve_dataset(run_in, settings, errors, loc, hyperparameters)
     _check_eval_schedule(hyperparameters, dataset, settings, errors, loc)
     parameters = 0
     if not any(err_loc[len(loc):][:2] == ("hyperparameters", "model_options") for err_loc, _ in errors):
@@ -93,44 +94,43 @@ def _count_parameters(model: str, options: dict[str, Any], settings: Settings,
     return 0
 
 
-def _resolve_dataset(run_in: RunCreate, settings: Settings, errors: list[tuple[Loc, str]],
-                     loc: Loc) -> dict[str, Any]:
+def _resolve_dataset(run_in: RunCreate, settings: Settings, errors: list[tuple[Loc, str]], loc: Loc,
+                     hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """The dataset as stored on the run: confined absolute path, its listed name and content fingerprint.
+
+    A request without a dataset trains on the default one (CIFAR-10 when present, else the sample).
+    """
     from ml.config import DatasetSpec, field_errors
 
-    dataset = run_in.dataset.model_dump()
-    for name, message in field_errors(DatasetSpec(**dataset)).items():
-        errors.append(((*loc, "dataset", name), message))
-    if dataset["kind"] == "imagefolder" and dataset.get("path"):
-        root = resolve_dataset_path(dataset["path"], settings)
-        problem = _imagefolder_problem(root)
-        if problem:
-            errors.append(((*loc, "dataset", "path"), problem))
-        dataset["path"] = str(root)
-    return dataset
-
-
-def resolve_dataset_path(path: str, settings: Settings) -> Path:
-    """An absolute dataset path; relative ones are taken inside DATASETS_DIR."""
-    candidate = Path(path).expanduser()
-    return (candidate if candidate.is_absolute() else settings.DATASETS_DIR / candidate).resolve()
-
-
-def _imagefolder_problem(root: Path) -> str | None:
-    if not root.exists():
-        return f"path does not exist: {root}"
-    if not root.is_dir():
-        return f"not a directory: {root}"
-    missing = [name for name in ("train", "test") if not (root / name).is_dir()]
-    if missing:
-        return f"an imagefolder dataset needs {' and '.join(f'{m}/' for m in missing)} inside {root}"
-    return None
+    if "dataset" in run_in.model_fields_set:
+        dataset = run_in.dataset.model_dump()
+    else:
+        dataset = {**dataclasses.asdict(DatasetSpec()), "name": datasets.default_dataset(settings)}
+    dataset["fingerprint"] = None
+    field_problems = field_errors(DatasetSpec(**dataset))
+    if field_problems:
+        errors.extend(((*loc, "dataset", name), message) for name, message in field_problems.items())
+        return dataset
+    try:
+        spec = datasets.resolve_dataset(dataset, settings=settings, loc=(*loc, "dataset"))
+    except InvalidInput as err:
+        errors.extend(err.errors)
+        return dataset
+    problems = datasets.check_before_queue(spec, hyperparameters, loc=(*loc, "dataset"))
+    errors.extend(((*loc, *where) if where[0] == "hyperparameters" else where, message)
+                  for where, message in problems)
+    stored = dataclasses.asdict(spec)
+    stored["name"] = datasets.dataset_name_of(spec, settings)
+    stored["fingerprint"] = None if problems else datasets.fingerprint(spec)
+    return stored
 
 
 def run_request_of(run: Any) -> dict[str, Any]:
     """The RunCreate body that reproduces an existing run (for clones and sweeps over a run)."""
+    dataset = {key: value for key, value in run.dataset.items() if key != "fingerprint"}
     return {
         "model": run.model,
-        "dataset": dict(run.dataset),
+        "dataset": dataset,
         "hyperparameters": dict(run.hyperparameters),
         "tags": list(run.tags),
         "notes": run.notes,

@@ -249,7 +249,7 @@ def create_sweep(*, session: Session, sweep_in: SweepCreate, settings: Settings 
         base_loc: Loc = ("base_run_id",)
     else:
         assert sweep_in.base is not None
-        base_request = sweep_in.base.model_dump(exclude_none=True)
+        base_request = sweep_in.base.model_dump(exclude_unset=True, exclude_none=True)
         base_loc = ("base",)
     base = _validated_run_create(base_request, base_loc)
     _check_grid(sweep_in.grid, settings.MAX_SWEEP_RUNS)

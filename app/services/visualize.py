@@ -40,7 +40,7 @@ from app.core.config import Settings
 from app.models import Run
 from app.services import runs
 from app.services.errors import Conflict, InvalidInput
-from app.services.run_config import resolve_dataset_path
+from app.services.datasets import load_run_splits
 
 if TYPE_CHECKING:  # torch and ml load lazily: the web app starts without them
     import numpy as np
@@ -308,16 +308,11 @@ def _dataset_key(run: Run, settings: Settings) -> str:
 def test_split(run: Run, settings: Settings) -> ImageSet:
     """The run's test images exactly as its worker scored them (same spec, limit and subset seed)."""
     def load() -> ImageSet:
-        from ml.config import ConfigError, DatasetSpec, TrainConfig, from_dict
-        from ml.data import DatasetError, load_splits
+        from ml.config import ConfigError
+        from ml.data import DatasetError
 
         try:
-            config = from_dict(TrainConfig, run.hyperparameters)
-            spec = from_dict(DatasetSpec, run.dataset)
-            if spec.path:
-                spec.path = str(resolve_dataset_path(spec.path, settings))
-            splits = load_splits(spec, data_dir=settings.DATASETS_DIR, seed=config.seed,
-                                 val_fraction=config.val_fraction)
+            _, splits = load_run_splits(run, settings=settings)
         except (DatasetError, ConfigError) as err:
             raise DataUnavailable(f"run {run.id}'s test images cannot be loaded: {err}") from err
         return splits.test

@@ -36,19 +36,21 @@ def test_create_run_resolves_preset_and_dispatches(client: TestClient, broker_me
     assert broker_messages() == [{"task": "worker.tasks.train_run", "args": [run["id"]], "queue": "train"}]
 
 
-def test_create_run_minimal_body_uses_cifar10_and_name(client: TestClient) -> None:
+def test_create_run_minimal_body_uses_sample_without_cifar10(client: TestClient) -> None:
     run = client.post("/api/runs", json={"model": "task1", "name": "baseline"}).json()
-    assert run["name"] == "baseline" and run["dataset"]["kind"] == "cifar10"
+    assert run["name"] == "baseline" and run["dataset"]["name"] == "cifar10-sample"
+    assert run["dataset"]["kind"] == "imagefolder" and len(run["dataset"]["fingerprint"]) == 16
     assert run["hyperparameters"]["epochs"] == 100 and run["parameters"] == 390410
 
 
-def test_create_run_imagefolder_with_existing_path(client: TestClient, tmp_path: Path) -> None:
-    for split in ("train", "test"):
-        (tmp_path / "images" / split).mkdir(parents=True)
+def test_create_run_imagefolder_with_existing_path(client_factory: Callable, cifar_subset: Path) -> None:
+    client = client_factory(DATASET_ROOTS=str(cifar_subset.parent))
     response = client.post("/api/runs", json={"model": "task1", "dataset": {
-        "kind": "imagefolder", "path": str(tmp_path / "images"), "limit_train": 100}})
+        "kind": "imagefolder", "path": str(cifar_subset), "limit_train": 100}})
     assert response.status_code == 201, response.text
-    assert response.json()["dataset"]["path"] == str(tmp_path / "images")
+    dataset = response.json()["dataset"]
+    assert dataset["path"] == str(cifar_subset) and dataset["name"] is None  # not a listed dataset
+    assert len(dataset["fingerprint"]) == 16
 
 
 @pytest.mark.parametrize("body, loc, fragment", [
@@ -69,7 +71,7 @@ def test_create_run_imagefolder_with_existing_path(client: TestClient, tmp_path:
     ({"model": "task1", "hyperparameters": {"nesterov": True}}, ("body", "hyperparameters", "nesterov"),
      "momentum > 0"),
     ({"model": "task1", "dataset": {"kind": "imagefolder", "path": "/definitely/not/here"}},
-     ("body", "dataset", "path"), "does not exist"),
+     ("body", "dataset", "path"), "outside the allowed dataset roots"),
     ({"model": "task1", "dataset": {"kind": "imagefolder"}}, ("body", "dataset", "path"), "needs a path"),
     ({"model": "task1", "dataset": {"kind": "mnist"}}, ("body", "dataset", "kind"), "'cifar10' or 'imagefolder'"),
     ({"model": "task1", "dataset": {"limit_train": 5}}, ("body", "dataset", "limit_train"), "10"),
@@ -89,7 +91,8 @@ def test_create_run_invalid_body_gives_field_error(client: TestClient, broker_me
     assert client.get("/api/runs").json()["count"] == 0 and broker_messages() == []
 
 
-def test_create_run_imagefolder_without_train_folder(client: TestClient, tmp_path: Path) -> None:
+def test_create_run_imagefolder_without_train_folder(client_factory: Callable, tmp_path: Path) -> None:
+    client = client_factory(DATASET_ROOTS=str(tmp_path))
     (tmp_path / "flat").mkdir()
     errors = field_errors(client.post("/api/runs", json={"model": "task1", "dataset": {
         "kind": "imagefolder", "path": str(tmp_path / "flat")}}))
@@ -268,7 +271,7 @@ def test_clone_with_other_model_starts_from_its_preset(client: TestClient) -> No
 
 
 def test_clone_without_body(client: TestClient, make_run: Callable[..., Run]) -> None:
-    run_id = make_run(status=RunStatus.succeeded).id
+    run_id = make_run(status=RunStatus.succeeded, dataset={"name": "cifar10-sample", "fingerprint": "0" * 16}).id
     response = client.post(f"/api/runs/{run_id}/clone")
     assert response.status_code == 201 and response.json()["cloned_from"] == run_id
 

@@ -174,6 +174,8 @@ def base_env(data_dir: Path) -> dict[str, str]:
     env.update({
         "TRAINBOARD_ENV_FILE": "",  # a developer's .env must not leak in
         "DATA_DIR": str(data_dir),
+        # The tests' image folders live under pytest's temporary folder: an allowed dataset root.
+        "DATASET_ROOTS": str(data_dir.parent.parent),
         "WATCHDOG_INTERVAL_S": "1",
         "PYTHONUNBUFFERED": "1",
     })

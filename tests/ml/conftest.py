@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,13 +47,7 @@ def synthetic_splits() -> FakeSplits:
     return FakeSplits(make_set(320, 1), make_set(128, 2), make_set(128, 3), classes)
 
 
-CACHE = Path(__file__).resolve().parents[2] / ".cache" / "test-data"
-
-
 @pytest.fixture(scope="session")
-def jpeg_cifar_subset(shared_archive: Path) -> Path:
-    """200 train + 50 test images per class of the real JPEG CIFAR-10, extracted once per checkout."""
-    from ml.data import extract_imagefolder_subset
-
-    return extract_imagefolder_subset(shared_archive, CACHE / "cifar10-jpeg-200-50",
-                                      train_per_class=200, test_per_class=50)
+def jpeg_cifar_subset(sample_subset: Callable[[int, int], Path]) -> Path:
+    """200 train + 50 test images per class of the real JPEG CIFAR-10 (from the built-in sample)."""
+    return sample_subset(200, 50)

@@ -10,6 +10,7 @@ import io
 import os
 import pickle
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from urllib.error import URLError
 
@@ -105,8 +106,17 @@ def _expected(pixels: dict[str, np.ndarray], split: str) -> tuple[torch.Tensor, 
     return images, labels
 
 
+@pytest.fixture(autouse=True)
+def home_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Loads without a cache_dir cache in $XDG_CACHE_HOME/trainboard: a folder of this test's own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "trainboard"
+
+
 def _cache_files(root: Path) -> list[Path]:
-    return sorted((root / ".trainboard-cache").glob("*.pt"))
+    """The cache files written for loads without a cache_dir (never under `root`)."""
+    assert not any(p.name.endswith(".pt") for p in root.rglob("*")), "a cache was written inside the data folder"
+    return sorted((Path(os.environ["XDG_CACHE_HOME"]) / "trainboard").glob("*.pt"))
 
 
 def _forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -265,18 +275,19 @@ def test_load_imagefolder_jpegs_match_pillow(tmp_path: Path) -> None:
 def test_load_imagefolder_jpegs_without_torchvision_decoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Where torchvision has no JPEG op (it is deprecated there), Pillow decodes everything.
     rng = np.random.default_rng(3)
+    root = tmp_path / "jpegs"
     for split in ("train", "test"):
-        path = tmp_path / split / "x" / "0.jpg"
+        path = root / split / "x" / "0.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(_random_pixels(rng)).save(path)
-    fast, _ = load_imagefolder(tmp_path)
-    for cache in _cache_files(tmp_path):
+    fast, _ = load_imagefolder(root)
+    for cache in _cache_files(root):
         cache.unlink()
     pillow_calls = []
     decode_image = data._decode_image
     monkeypatch.setattr(data, "_jpeg_op", lambda: None)
     monkeypatch.setattr(data, "_decode_image", lambda *a: pillow_calls.append(a) or decode_image(*a))
-    slow, _ = load_imagefolder(tmp_path)
+    slow, _ = load_imagefolder(root)
     assert len(pillow_calls) == 2
     assert torch.equal(fast.images, slow.images)
 
@@ -396,20 +407,30 @@ def test_load_imagefolder_corrupt_cache_rebuilt(folder_root: tuple[Path, dict[st
     assert cache.stat().st_size > 1000  # rewritten with real tensors
 
 
-def test_load_imagefolder_cache_falls_back_to_cache_dir(folder_root: tuple[Path, dict[str, np.ndarray]],
-                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_imagefolder_cache_in_cache_dir_never_in_data_folder(folder_root: tuple[Path, dict[str, np.ndarray]],
+                                                                 tmp_path: Path, home_cache: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     root, _ = folder_root
-    # A file where the cache folder should be makes the data folder unusable for
-    # caching even for root, whom permission bits do not stop.
-    (root / ".trainboard-cache").write_text("in the way")
-    fallback = tmp_path / "fallback"
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    cache_dir = tmp_path / "data" / "cache"
 
-    first, _ = load_imagefolder(root, cache_dir=fallback)
-    assert len(list(fallback.glob("*.pt"))) == 1
+    first, _ = load_imagefolder(root, cache_dir=cache_dir)
+    assert len(list(cache_dir.glob("*.pt"))) == 1 and not home_cache.exists()
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
 
     _forbid_decoding(monkeypatch)
-    second, _ = load_imagefolder(root, cache_dir=fallback)
+    second, _ = load_imagefolder(root, cache_dir=cache_dir)
     assert torch.equal(first.images, second.images)
+
+
+def test_load_imagefolder_unwritable_cache_dir_falls_back_to_home_cache(
+        folder_root: tuple[Path, dict[str, np.ndarray]], tmp_path: Path, home_cache: Path) -> None:
+    root, _ = folder_root
+    # A file where the cache folder should be stops even root, whom permission bits do not.
+    blocked = tmp_path / "blocked"
+    blocked.write_text("in the way")
+    load_imagefolder(root, cache_dir=blocked)
+    assert len(list(home_cache.glob("*.pt"))) == 1
 
 
 def test_load_imagefolder_cache_key_depends_on_image_size(folder_root: tuple[Path, dict[str, np.ndarray]]) -> None:
@@ -539,9 +560,18 @@ def test_extract_imagefolder_subset_not_an_archive_names_it(tmp_path: Path) -> N
 
 
 @pytest.fixture(scope="module")
-def small_subset(shared_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def real_archive(sample_subset: Callable[[int, int], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A .tar.gz laid out like the real CIFAR-10 JPEG archive (`cifar10-jpeg/...`), of 25/8 real images per class."""
+    archive = tmp_path_factory.mktemp("archive") / "cifar10-jpeg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(sample_subset(25, 8), arcname="cifar10-jpeg")
+    return archive
+
+
+@pytest.fixture(scope="module")
+def small_subset(real_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("cifar-subset")
-    return extract_imagefolder_subset(shared_archive, dest, train_per_class=20, test_per_class=5)
+    return extract_imagefolder_subset(real_archive, dest, train_per_class=20, test_per_class=5)
 
 
 def test_extract_imagefolder_subset_real_archive_layout(small_subset: Path) -> None:
@@ -552,19 +582,19 @@ def test_extract_imagefolder_subset_real_archive_layout(small_subset: Path) -> N
         assert len(list((small_subset / "test" / cls).iterdir())) == 5
 
 
-def test_extract_imagefolder_subset_idempotent(small_subset: Path, shared_archive: Path,
+def test_extract_imagefolder_subset_idempotent(small_subset: Path, real_archive: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     def no_second_pass(*args: object, **kwargs: object) -> None:
         raise AssertionError("the archive was read again")
 
     monkeypatch.setattr(tarfile, "open", no_second_pass)
-    again = extract_imagefolder_subset(shared_archive, small_subset.parent, train_per_class=20, test_per_class=5)
+    again = extract_imagefolder_subset(real_archive, small_subset.parent, train_per_class=20, test_per_class=5)
     assert again == small_subset
 
 
-def test_extract_imagefolder_subset_other_request_same_dest_error(small_subset: Path, shared_archive: Path) -> None:
+def test_extract_imagefolder_subset_other_request_same_dest_error(small_subset: Path, real_archive: Path) -> None:
     with pytest.raises(DatasetError, match=str(small_subset.parent)):
-        extract_imagefolder_subset(shared_archive, small_subset.parent, train_per_class=30, test_per_class=5)
+        extract_imagefolder_subset(real_archive, small_subset.parent, train_per_class=30, test_per_class=5)
 
 
 def test_load_imagefolder_real_subset_labels_match_folders(small_subset: Path) -> None:
@@ -577,3 +607,30 @@ def test_load_imagefolder_real_subset_labels_match_folders(small_subset: Path) -
             with Image.open(small_subset / split / cls / "0003.jpg") as im:
                 expected = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
             assert torch.equal(images[label * per_class + 3], expected)
+
+
+# ---------------------------------------------------------------------------
+# The built-in sample and fingerprints
+
+
+def test_sample_root_holds_500_train_100_test_real_jpegs_per_class() -> None:
+    classes, counts = data.imagefolder_counts(data.sample_root())
+    assert classes == CIFAR10_CLASSES
+    assert counts == {"train": [500] * 10, "test": [100] * 10}
+    files = list(data.sample_root().rglob("*.jpg"))
+    assert max(p.stat().st_size for p in files) < 6 * 1024**2
+    readme = (data.sample_root() / "README.md").read_text()
+    assert f"{sum(p.stat().st_size for p in files):,} bytes" in readme and "first 500 files by name" in readme
+
+
+def test_dataset_fingerprint_follows_content_not_location(folder_root: tuple[Path, dict[str, np.ndarray]],
+                                                          tmp_path: Path) -> None:
+    import shutil
+
+    root, _ = folder_root
+    copy = shutil.copytree(root, tmp_path / "copy")
+    assert data.dataset_fingerprint(root) == data.dataset_fingerprint(copy)
+    _save_png(copy / "train/ant/000.png", _random_pixels(np.random.default_rng(42)))
+    assert data.dataset_fingerprint(root) != data.dataset_fingerprint(copy)
+    (copy / "train/ant/000.png").unlink()
+    assert data.dataset_fingerprint(root) != data.dataset_fingerprint(copy)

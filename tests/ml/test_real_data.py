@@ -1,4 +1,4 @@
-"""Real training on a subset of the shared JPEG CIFAR-10, and the CLI run as a user would."""
+"""Real training on a slice of the built-in JPEG CIFAR-10 sample, and the CLI run as a user would."""
 
 from __future__ import annotations
 

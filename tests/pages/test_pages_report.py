@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,12 @@ def _fresh_visualize_caches() -> Any:
     visualize.clear_memory_caches()  # run ids and paths repeat across the tests' databases
     yield
     visualize.clear_memory_caches()
+
+
+@pytest.fixture
+def client(client_factory: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The runs' image folders live under pytest's temporary folder: an allowed dataset root here."""
+    return client_factory(DATASET_ROOTS=str(tmp_path_factory.getbasetemp()))
 
 
 @pytest.fixture(scope="session")

@@ -73,9 +73,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.fixture
-def client(client_factory: Callable[..., Any]) -> Any:
+def client(client_factory: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
     visualize.clear_memory_caches()  # run ids repeat across the tests' databases
-    yield client_factory()
+    # The runs' image folders live under pytest's temporary folder: an allowed dataset root here.
+    yield client_factory(DATASET_ROOTS=str(tmp_path_factory.getbasetemp()))
     visualize.clear_memory_caches()
 
 

@@ -15,7 +15,7 @@ from app.services.runs import create_runs
 
 REPO = Path(__file__).resolve().parents[2]
 EVAL_METRIC_NAMES = {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"}
-SETTINGS_VARIABLES = ("DATA_DIR", "DATABASE_URL", "BROKER_URL", "ARTIFACTS_DIR", "DATASETS_DIR",
+SETTINGS_VARIABLES = ("DATA_DIR", "DATABASE_URL", "BROKER_URL", "ARTIFACTS_DIR", "DATASETS_DIR", "DATASET_ROOTS",
                       "TRAINBOARD_API_TOKEN", "HEARTBEAT_TIMEOUT_S")
 
 
@@ -26,6 +26,8 @@ def worker_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TRAINBOARD_ENV_FILE", "")
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    # The tests' image folders live under pytest's temporary folder: an allowed dataset root.
+    monkeypatch.setenv("DATASET_ROOTS", str(tmp_path.parent))
     get_settings.cache_clear()
     get_engine.cache_clear()
     settings = get_settings()
