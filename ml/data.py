@@ -154,7 +154,7 @@ def _unpickle(path: Path) -> dict[Any, Any]:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
 
 
-def _read_cifar_batch(path: Path, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def read_cifar_batch(path: Path, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (uint8 N×3×32×32) and labels (int64) of one CIFAR batch file."""
     batch = _unpickle(path)
     data, labels = batch.get("data"), batch.get("labels")
@@ -177,12 +177,12 @@ def _read_cifar_classes(path: Path) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
-def _missing_cifar_files(folder: Path) -> list[str]:
+def missing_cifar_files(folder: Path) -> list[str]:
     needed = [*CIFAR_TRAIN_FILES, CIFAR_TEST_FILE, CIFAR_META_FILE]
     return [name for name in needed if not (folder / name).is_file()]
 
 
-def _download_cifar10(root: Path) -> None:
+def download_cifar10(root: Path) -> None:
     """Download and unpack the official archive into `root` with torchvision's own code."""
     # Imported here so that importing ml.data stays cheap; looked up on the module
     # at call time so that tests can replace it (there is no network in CI).
@@ -203,19 +203,19 @@ def load_cifar10(root: str | Path, download: bool = False) -> tuple[ImageSet, Im
     """(train, test) of CIFAR-10 from `<root>/cifar-10-batches-py`, downloading it first if asked."""
     root = Path(root).expanduser()
     folder = root / CIFAR_FOLDER
-    missing = _missing_cifar_files(folder)
+    missing = missing_cifar_files(folder)
     if missing and download:
-        _download_cifar10(root)
-        missing = _missing_cifar_files(folder)
+        download_cifar10(root)
+        missing = missing_cifar_files(folder)
     if missing:
         raise DatasetError(
             f"CIFAR-10 not found: {folder} lacks {', '.join(missing)}. Put the {CIFAR_FOLDER} folder "
             f"(the python version of CIFAR-10) in {root}, or set download=true to download it there."
         )
     classes = _read_cifar_classes(folder / CIFAR_META_FILE)
-    parts = [_read_cifar_batch(folder / name, len(classes)) for name in CIFAR_TRAIN_FILES]
+    parts = [read_cifar_batch(folder / name, len(classes)) for name in CIFAR_TRAIN_FILES]
     train = ImageSet(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), classes)
-    test = ImageSet(*_read_cifar_batch(folder / CIFAR_TEST_FILE, len(classes)), classes)
+    test = ImageSet(*read_cifar_batch(folder / CIFAR_TEST_FILE, len(classes)), classes)
     return train, test
 
 
@@ -478,7 +478,7 @@ def imagefolder_counts(root: str | Path) -> tuple[list[str], dict[str, list[int]
 def _fingerprint_files(root: Path) -> list[tuple[str, str]]:
     """(relative name, absolute path) of every file a dataset at `root` is made of, in a fixed order."""
     folder = root / CIFAR_FOLDER
-    if not _missing_cifar_files(folder):
+    if not missing_cifar_files(folder):
         return [(name, str(folder / name)) for name in sorted([*CIFAR_TRAIN_FILES, CIFAR_TEST_FILE, CIFAR_META_FILE])]
     classes = _class_names(root / "train")
     files = [_list_split(root / split, classes) for split in SPLITS]

@@ -86,7 +86,7 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     return resnet.conv1 if resnet is not None else _convs(model)[0]
 
 
-def _first_feature_module(model: nn.Module) -> nn.Module:
+def first_feature_module(model: nn.Module) -> nn.Module:
     """Where the "first" feature maps are taken (see the module docstring)."""
     resnet = _resnet(model)
     if resnet is not None:
@@ -207,7 +207,7 @@ def activations(model: nn.Module, image: torch.Tensor, *, max_channels: int = 12
     """
     if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a uint8 3×H×W image, got {image.dtype} of shape {tuple(image.shape)}")
-    points = {"first": _first_feature_module(model), "last": last_conv_module(model)}
+    points = {"first": first_feature_module(model), "last": last_conv_module(model)}
     captured: dict[str, torch.Tensor] = {}
 
     def hook(key: str):

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.pages import assets, auth, compare, datasets, launch, report, runs, visualize, workers
 from app.pages.errors import html_or_json_http_error
+from app.pages.login_state import require_page_login
 from app.pages.templating import STATIC_DIR
 
 pages_router = APIRouter(include_in_schema=False)
@@ -24,7 +25,7 @@ pages_router = APIRouter(include_in_schema=False)
 for _module in (assets, auth):
     pages_router.include_router(_module.router)
 for _module in (launch, runs, compare, visualize, report, workers, datasets):
-    pages_router.include_router(_module.router, dependencies=[Depends(auth.require_page_login)])
+    pages_router.include_router(_module.router, dependencies=[Depends(require_page_login)])
 
 
 def register_pages(app: FastAPI) -> None:

@@ -16,11 +16,9 @@ wrong bearer tokens) and sets two cookies, both SameSite=Strict:
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 from typing import Annotated
-from urllib.parse import quote
 
-from fastapi import APIRouter, Form, HTTPException, Request, Response, status
+from fastapi import APIRouter, Form, Request, Response, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from app.api.deps import (
@@ -28,64 +26,18 @@ from app.api.deps import (
     SESSION_COOKIE,
     client_address,
     failed_attempts,
-    has_session,
     session_signer,
     too_many_failures,
 )
 from app.core.security import safe_next, tokens_equal
+from app.pages.login_state import auth_state, configured_token, set_cookie
+from app.pages.templating import render
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
 
-@dataclass(frozen=True)
-class AuthState:
-    required: bool  # TRAINBOARD_API_TOKEN is set
-    logged_in: bool  # the request carries a valid session cookie
-    csrf_token: str  # the value the JS must echo ("" when none is needed)
-
-    @property
-    def can_write(self) -> bool:
-        """Whether buttons that change runs can work for this browser."""
-        return self.logged_in or not self.required
-
-
-def _configured_token(request: Request) -> str | None:
-    return request.app.state.settings.TRAINBOARD_API_TOKEN
-
-
-def auth_state(request: Request) -> AuthState:
-    if _configured_token(request) is None:
-        return AuthState(required=False, logged_in=False, csrf_token="")
-    logged_in = has_session(request)
-    # A logged-in browser that lost its CSRF cookie gets a new one (see ensure_csrf_cookie).
-    csrf = request.cookies.get(CSRF_COOKIE) or (secrets.token_urlsafe(32) if logged_in else "")
-    return AuthState(required=True, logged_in=logged_in, csrf_token=csrf if logged_in else "")
-
-
-def require_page_login(request: Request) -> None:
-    """Pages with a token set: a browser without a session goes to the login page first."""
-    if _configured_token(request) is not None and not has_session(request):
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        raise HTTPException(status.HTTP_303_SEE_OTHER, detail="log in first",
-                            headers={"Location": f"/login?next={quote(safe_next(target), safe='/')}"})
-
-
-def _set_cookie(request: Request, response: Response, name: str, value: str, *, http_only: bool) -> None:
-    max_age = request.app.state.settings.SESSION_MAX_AGE_S
-    response.set_cookie(name, value, max_age=max_age, path="/", httponly=http_only,
-                        samesite="strict", secure=request.url.scheme == "https")
-
-
-def ensure_csrf_cookie(request: Request, response: Response, state: AuthState) -> None:
-    """Re-issue the CSRF cookie when a logged-in browser lacks it (the page's JS needs it)."""
-    if state.logged_in and request.cookies.get(CSRF_COOKIE) != state.csrf_token:
-        _set_cookie(request, response, CSRF_COOKIE, state.csrf_token, http_only=False)
-
-
 def _login_page(request: Request, *, next_url: str, error: str | None = None,
                 status_code: int = 200) -> HTMLResponse:
-    from app.pages.templating import render  # templating imports this module
-
     return render(request, "login.html", {"next_url": next_url, "error": error}, status_code=status_code)
 
 
@@ -98,7 +50,7 @@ def login_form(request: Request, next: str | None = None) -> HTMLResponse:  # no
 def login(request: Request, token: Annotated[str, Form()] = "",
           next: Annotated[str, Form()] = "/") -> Response:  # noqa: A002
     next_url = safe_next(next)
-    expected = _configured_token(request)
+    expected = configured_token(request)
     if expected is None:
         return RedirectResponse(next_url, status_code=status.HTTP_303_SEE_OTHER)
     refused = too_many_failures(request)
@@ -115,8 +67,8 @@ def login(request: Request, token: Annotated[str, Form()] = "",
     signer = session_signer(request)
     assert signer is not None  # a token is configured
     response = RedirectResponse(next_url, status_code=status.HTTP_303_SEE_OTHER)
-    _set_cookie(request, response, SESSION_COOKIE, signer.issue(), http_only=True)
-    _set_cookie(request, response, CSRF_COOKIE, secrets.token_urlsafe(32), http_only=False)
+    set_cookie(request, response, SESSION_COOKIE, signer.issue(), http_only=True)
+    set_cookie(request, response, CSRF_COOKIE, secrets.token_urlsafe(32), http_only=False)
     return response
 
 

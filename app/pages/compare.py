@@ -28,7 +28,7 @@ from app.models import Run
 from app.pages import charts
 from app.pages.common import not_found
 from app.pages.templating import fmt_value, render
-from app.services import runs, stats
+from app.services import metrics, runs, stats
 from app.services.errors import InvalidInput, NotFound
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -141,7 +141,7 @@ def compare_page_context(session: Session, comparison: Comparison, group_by: str
     # read_metrics commits, which would expire the loaded runs and reload each one on next use.
     for run in comparison.runs:
         session.expunge(run)
-    series_by_run = {run.id: runs.read_metrics(session=session, run_id=run.id, max_points=COMPARE_MAX_POINTS)
+    series_by_run = {run.id: metrics.read_metrics(session=session, run_id=run.id, max_points=COMPARE_MAX_POINTS)
                      for run in comparison.runs}
     metric_names = sorted({s["name"] for series in series_by_run.values() for s in series})
     metric = _default_metric(metric_names)

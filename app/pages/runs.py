@@ -26,7 +26,7 @@ from app.models import TERMINAL_STATUSES, MetricPoint, Run, RunStatus
 from app.pages import charts
 from app.pages.common import get_run_or_404
 from app.pages.templating import render
-from app.services import catalog, runs
+from app.services import catalog, metrics, runs
 from app.services.errors import ServiceError
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -265,7 +265,7 @@ def has_checkpoint(session: Session, run: Run, settings: Settings) -> bool:
 def run_page_context(session: Session, run: Run, settings: Settings) -> dict[str, Any]:
     # Read first: a point added meanwhile is sent twice (the JS drops it), never lost.
     after_id = last_point_id(session, run.id)
-    series = runs.read_metrics(session=session, run_id=run.id, max_points=settings.METRICS_MAX_POINTS)
+    series = metrics.read_metrics(session=session, run_id=run.id, max_points=settings.METRICS_MAX_POINTS)
     figures = charts.run_figures(series)
     layers, layers_error = layer_rows(run)
     return {

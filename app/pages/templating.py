@@ -22,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from app.pages import auth
+from app.pages import login_state
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = REPO_ROOT / "templates"
@@ -172,9 +172,9 @@ templates = Jinja2Templates(env=_build_environment())
 def render(request: Request, template: str, context: dict[str, Any] | None = None, *,
            status_code: int = 200, active: str | None = None) -> HTMLResponse:
     """The template rendered with the context every page needs (auth state, active nav item)."""
-    state = auth.auth_state(request)
+    state = login_state.auth_state(request)
     page_context = {"request": request, "auth": state, "active": active, **(context or {})}
     response = templates.TemplateResponse(request, template, page_context, status_code=status_code)
     response.headers.update(SECURITY_HEADERS)
-    auth.ensure_csrf_cookie(request, response, state)
+    login_state.ensure_csrf_cookie(request, response, state)
     return response

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from app.core.config import Settings
+from app.services.dataset_base import BUILTIN_NAMES, RESERVED_FOLDERS, DatasetInfo, check_name
 from app.services.errors import Conflict, InvalidInput, ServiceError
 
 UPLOADS_FOLDER = ".uploads"
@@ -73,8 +74,6 @@ def _alive(pid: int) -> bool:
 
 def pending(*, settings: Settings) -> dict[str, Any]:
     """DatasetInfo of uploads still processing or failed, by name."""
-    from app.services.datasets import DatasetInfo
-
     found: dict[str, Any] = {}
     folder = _uploads_dir(settings)
     if not folder.is_dir():
@@ -105,8 +104,6 @@ def forget(*, settings: Settings, name: str) -> None:
 
 def begin(*, settings: Settings, name: str) -> Path:
     """Check that `name` is free and reserve it; the archive's path to write to."""
-    from app.services.datasets import BUILTIN_NAMES, RESERVED_FOLDERS, check_name
-
     check_name(name)
     if name in BUILTIN_NAMES or name in RESERVED_FOLDERS:
         raise InvalidInput([(("name",), f"{name} is a built-in dataset name; choose another")])

@@ -15,13 +15,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.core.config import Settings
+from app.services import dataset_uploads
+from app.services.dataset_base import (
+    BUILTIN_NAMES,
+    CIFAR10_NAME,
+    NAME_PATTERN,
+    RESERVED_FOLDERS,
+    SAMPLE_NAME,
+    DatasetInfo,
+    check_name,
+)
 from app.services.errors import Conflict, InvalidInput, Loc, NotFound
 
 if TYPE_CHECKING:
@@ -30,18 +38,10 @@ if TYPE_CHECKING:
     from ml.config import DatasetSpec
     from ml.data import Splits
 
-SAMPLE_NAME = "cifar10-sample"
-CIFAR10_NAME = "cifar10"
-BUILTIN_NAMES = frozenset({SAMPLE_NAME, CIFAR10_NAME})
-# Names become folder names: no separators, no leading dot, nothing a shell or URL needs quoting for.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 OUTSIDE_ROOTS = "outside the allowed dataset roots"
 # The launch form's epochs on the sample: task1 then trains in about a minute on 2 CPU cores
 # (docs/benchmarks.md, "First run on the sample").
 SAMPLE_FORM_EPOCHS = 5
-# Folders in DATASETS_DIR that are not datasets: CIFAR-10's own, and upload staging.
-RESERVED_FOLDERS = frozenset({"cifar-10-batches-py"})
 
 
 # ---------------------------------------------------------------- paths ---
@@ -73,12 +73,6 @@ def confine_path(path: str, *, settings: Settings, loc: Loc = ("dataset", "path"
     if not any(resolved == root or resolved.is_relative_to(root) for root in allowed_roots(settings)):
         raise InvalidInput([(loc, f"{OUTSIDE_ROOTS}: allowed are DATASETS_DIR and DATASET_ROOTS")])
     return resolved
-
-
-def check_name(name: str, loc: Loc = ("name",)) -> str:
-    if not NAME_PATTERN.match(name):
-        raise InvalidInput([(loc, f"a dataset name is {NAME_RULE}")])
-    return name
 
 
 def folder_of(name: str, settings: Settings) -> Path:
@@ -162,19 +156,19 @@ def default_dataset(settings: Settings) -> str:
 
 
 def cifar10_present(settings: Settings) -> bool:
-    from ml.data import CIFAR_FOLDER, _missing_cifar_files
+    from ml.data import CIFAR_FOLDER, missing_cifar_files
 
     assert settings.DATASETS_DIR is not None
-    return not _missing_cifar_files(settings.DATASETS_DIR / CIFAR_FOLDER)
+    return not missing_cifar_files(settings.DATASETS_DIR / CIFAR_FOLDER)
 
 
 def _split_sizes(spec: DatasetSpec) -> tuple[int, int] | None:
     """(train, test) image counts of a resolved spec, or None when the data is not there."""
-    from ml.data import CIFAR_FOLDER, DatasetError, _missing_cifar_files, imagefolder_counts
+    from ml.data import CIFAR_FOLDER, DatasetError, missing_cifar_files, imagefolder_counts
 
     path = Path(spec.path or "")
     if spec.kind == "cifar10":
-        return None if _missing_cifar_files(path / CIFAR_FOLDER) else (50_000, 10_000)
+        return None if missing_cifar_files(path / CIFAR_FOLDER) else (50_000, 10_000)
     try:
         _, counts = imagefolder_counts(path)
     except (DatasetError, OSError):
@@ -227,20 +221,6 @@ def fingerprint(spec: DatasetSpec) -> str | None:
 
 # ----------------------------------------------------------------- listing ---
 
-@dataclass
-class DatasetInfo:
-    name: str
-    kind: str  # builtin, cifar10, imagefolder
-    status: str  # ready, downloadable, processing, failed
-    path: str
-    classes: list[str] = field(default_factory=list)
-    counts: dict[str, list[int]] = field(default_factory=dict)
-    size_bytes: int = 0
-    deletable: bool = False
-    message: str = ""
-    progress: float | None = None
-
-
 def _size_on_disk(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
@@ -292,8 +272,6 @@ def _is_listed_folder(entry: Path) -> bool:
 
 def list_datasets(*, settings: Settings) -> list[DatasetInfo]:
     """Every dataset the workers can train on: the sample, CIFAR-10, then image folders by name."""
-    from app.services import dataset_uploads
-
     assert settings.DATASETS_DIR is not None
     found = [dataclasses.replace(_sample_info()), _cifar10_info(settings)]
     pending = dataset_uploads.pending(settings=settings)
@@ -307,8 +285,6 @@ def list_datasets(*, settings: Settings) -> list[DatasetInfo]:
 
 def get_dataset(*, settings: Settings, name: str) -> DatasetInfo:
     """One dataset of the list (404 when there is none by that name)."""
-    from app.services import dataset_uploads
-
     assert settings.DATASETS_DIR is not None
     if name == SAMPLE_NAME:
         return dataclasses.replace(_sample_info())
@@ -345,7 +321,6 @@ def runs_using(*, session: Session, settings: Settings, name: str) -> list[int]:
 
 def delete_dataset(*, session: Session, settings: Settings, name: str) -> None:
     """Delete an image folder (or the downloaded CIFAR-10); 409 while a queued or running run uses it."""
-    from app.services import dataset_uploads
     from ml.data import CIFAR_FOLDER
 
     info = get_dataset(settings=settings, name=name)
@@ -378,10 +353,10 @@ def _class_images(info: DatasetInfo, per_class: int) -> list[list[Any]]:
     """Up to `per_class` PIL images of each class, from the training split."""
     from PIL import Image
 
-    from ml.data import CIFAR_FOLDER, CIFAR_TEST_FILE, IMAGE_EXTENSIONS, _read_cifar_batch
+    from ml.data import CIFAR_FOLDER, CIFAR_TEST_FILE, IMAGE_EXTENSIONS, read_cifar_batch
 
     if info.kind == "cifar10":
-        images, labels = _read_cifar_batch(Path(info.path) / CIFAR_FOLDER / CIFAR_TEST_FILE, len(info.classes))
+        images, labels = read_cifar_batch(Path(info.path) / CIFAR_FOLDER / CIFAR_TEST_FILE, len(info.classes))
         rows = []
         for label in range(len(info.classes)):
             picked = images[labels == label][:per_class]
@@ -445,10 +420,10 @@ def start_cifar10_download(*, settings: Settings) -> None:
     _DOWNLOADS[key] = {"status": "processing", "message": "downloading CIFAR-10 (170 MB)"}
 
     def download() -> None:
-        from ml.data import DatasetError, _download_cifar10
+        from ml.data import DatasetError, download_cifar10
 
         try:
-            _download_cifar10(settings.DATASETS_DIR)
+            download_cifar10(settings.DATASETS_DIR)
             _DOWNLOADS.pop(key, None)
         except DatasetError as err:
             _DOWNLOADS[key] = {"status": "downloadable", "message": str(err)}

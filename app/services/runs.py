@@ -40,22 +40,6 @@ from app.models import (
 )
 from app.services.dispatch import dispatch_train_runs
 from app.services.errors import Conflict, Forbidden, InvalidInput, Loc, NotFound
-from app.services.lifecycle import (  # noqa: F401  (re-exported: the worker may import them from here)
-    add_event,
-    add_metric_points,
-    claim_run,
-    count_live_workers,
-    finish_run,
-    heartbeat_run,
-    is_cancel_requested,
-    mark_lost_runs,
-    record_checkpoint,
-    remove_worker,
-    truncate_metrics,
-    update_progress,
-    worker_heartbeat,
-)
-from app.services.metrics import read_metrics  # noqa: F401  (re-exported)
 from app.services.run_config import resolve_run_config, run_request_of
 
 Dispatcher = Callable[..., None]

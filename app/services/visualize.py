@@ -356,9 +356,9 @@ def _output_classes(model: nn.Module, dataset_classes: list[str]) -> list[str]:
 
 def info(*, session: Session, run_id: int, settings: Settings) -> VisualizeInfo:
     """What the visualise page needs before it asks for pictures: classes, test-set sizes, layer names."""
-    # _first_feature_module is where ml.visualize.activations takes fig 3.4's maps: naming the
+    # first_feature_module is where ml.visualize.activations takes fig 3.4's maps: naming the
     # layer from the same function keeps the page's caption true whatever the model.
-    from ml.visualize import _first_feature_module, first_conv, last_conv_module
+    from ml.visualize import first_feature_module, first_conv, last_conv_module
 
     ref = checkpoint_of(session=session, run_id=run_id, settings=settings)
     loaded = loaded_model(ref)
@@ -369,7 +369,7 @@ def info(*, session: Session, run_id: int, settings: Settings) -> VisualizeInfo:
         checkpoint_step=int(loaded.state.get("step", 0)), checkpoint_epoch=float(loaded.state.get("epoch", 0.0)),
         classes=list(test.classes), test_images_per_class=_images_per_class(test),
         first_conv=_module_name(model, first_conv(model)),
-        first_layer=_module_name(model, _first_feature_module(model)),
+        first_layer=_module_name(model, first_feature_module(model)),
         last_layer=_module_name(model, last_conv_module(model)),
     )
 
@@ -420,7 +420,7 @@ def _activations(loaded: LoadedModel, image: torch.Tensor, classes: list[str], *
     """Feature maps and prediction for one uint8 3×32×32 image; the caller holds the model's lock."""
     import numpy as np
 
-    from ml.visualize import _first_feature_module, activations, last_conv_module, to_png
+    from ml.visualize import first_feature_module, activations, last_conv_module, to_png
 
     model = loaded.model
     maps = activations(model, image, max_channels=MAX_LAST_CHANNELS)
@@ -428,7 +428,7 @@ def _activations(loaded: LoadedModel, image: torch.Tensor, classes: list[str], *
     top = _predict(model, image, _output_classes(model, classes))
     return ActivationsPublic(
         **source, predicted=top[0].name, top=top, input=png_data_uri(to_png(big_input)),
-        first=_feature_maps(maps["first"], _module_name(model, _first_feature_module(model))),
+        first=_feature_maps(maps["first"], _module_name(model, first_feature_module(model))),
         last=_feature_maps(maps["last"], _module_name(model, last_conv_module(model))),
     )
 
