@@ -2,8 +2,8 @@
 
 Every function is keyword-only with the session first and raises the domain
 errors of app.services.errors (NotFound, Conflict, InvalidInput, BrokerUnavailable).
-The lifecycle functions a worker calls live in app.services.lifecycle and are
-re-exported here.
+The lifecycle functions a worker calls (claim, heartbeat, finish) live in
+app.services.lifecycle; metric reads in app.services.metrics.
 """
 
 from __future__ import annotations
