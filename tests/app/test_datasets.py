@@ -251,6 +251,17 @@ def test_upload_tar_gz_class_tree_split_by_seeded_fraction(client_factory: Calla
     assert sorted(p.name for p in (datasets_dir(client) / "split/test/ant").iterdir()) == test_files
 
 
+def test_upload_larger_than_the_request_body_limit_accepted(client_factory: Callable) -> None:
+    """A dataset archive is held to DATASET_UPLOAD_MAX_BYTES, not to the general MAX_REQUEST_BODY_BYTES."""
+    client = client_factory(MAX_REQUEST_BODY_BYTES="1024")
+    archive = make_tar(imagefolder_members(), mode="w")
+    assert len(archive) > 1024
+    assert uploaded(client, "big", archive)["status"] == "ready"
+    too_large = client.post("/api/runs", content=b'{"model": "task1", "notes": "' + b"x" * 2048 + b'"}',
+                            headers={"Content-Type": "application/json"})
+    assert too_large.status_code == 413 and "MAX_REQUEST_BODY_BYTES" in too_large.text
+
+
 def test_upload_plain_tar_accepted(client: TestClient) -> None:
     assert uploaded(client, "plain", make_tar(imagefolder_members(), mode="w"))["status"] == "ready"
 
