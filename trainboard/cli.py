@@ -37,8 +37,9 @@ def add_runs_command(sub: argparse._SubParsersAction) -> None:
     launch = commands.add_parser("launch", help="queue a run")
     launch.add_argument("--preset", "--model", dest="model", required=True, help="model name (trainboard models)")
     launch.add_argument("--dataset", default=None,
-                        help="a dataset kind (e.g. cifar10, cifar10-sample), or KIND:PATH such as "
-                             "imagefolder:/data/pets (paths are as the server sees them)")
+                        help="a dataset name as /datasets lists it (e.g. cifar10-sample, cifar10, pets), "
+                             "or KIND:PATH such as imagefolder:/data/pets (as the server sees it, inside "
+                             "its allowed dataset roots)")
     launch.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="a hyperparameter (value as JSON, else a string), e.g. lr=0.05 or "
                              "milestones=[4,8]; dataset.KEY=VALUE sets a dataset field, e.g. "
@@ -121,11 +122,11 @@ def parse_settings(pairs: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]
 
 
 def parse_dataset(text: str | None) -> dict[str, Any]:
-    """"cifar10-sample" → {"kind": "cifar10-sample"}; "imagefolder:/data/x" → kind and path."""
+    """"cifar10-sample" → {"name": "cifar10-sample"}; "imagefolder:/data/x" → kind and path."""
     if not text:
         return {}
     kind, sep, path = text.partition(":")
-    return {"kind": kind, "path": path} if sep else {"kind": kind}
+    return {"kind": kind, "path": path} if sep else {"name": text}
 
 
 def cmd_launch(client: Client, args: argparse.Namespace) -> int:

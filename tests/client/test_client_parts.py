@@ -69,7 +69,7 @@ def test_cli_parse_settings_json_values_strings_and_dataset_fields() -> None:
                                                "amp=false", "dataset.limit_train=500"])
     assert hyperparameters == {"lr": 0.05, "milestones": [4, 8], "optimizer": "adam", "amp": False}
     assert dataset == {"limit_train": 500}
-    assert parse_dataset("cifar10-sample") == {"kind": "cifar10-sample"}
+    assert parse_dataset("cifar10-sample") == {"name": "cifar10-sample"}
     assert parse_dataset("imagefolder:/data/x:y") == {"kind": "imagefolder", "path": "/data/x:y"}
 
 
