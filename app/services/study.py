@@ -53,9 +53,11 @@ def create_study(*, session: Session, study_in: StudyCreate, settings: Settings 
     _check(study_in, presets, settings.MAX_SWEEP_RUNS)
     group = f"{STUDY_TAG_PREFIX}{secrets.token_hex(3)}"
     seeds = range(study_in.first_seed, study_in.first_seed + study_in.seeds)
+    # No dataset given: each run gets the launch default (CIFAR-10 when present, else the sample).
+    data = {"dataset": study_in.dataset} if "dataset" in study_in.model_fields_set else {}
     runs_in = [
-        RunCreate(name=f"{preset} seed {seed}", model=preset, dataset=study_in.dataset,
-                  hyperparameters=HyperparametersIn(seed=seed), tags=[group])
+        RunCreate(name=f"{preset} seed {seed}", model=preset, hyperparameters=HyperparametersIn(seed=seed),
+                  tags=[group], **data)
         for preset in presets for seed in seeds
     ]
     # The runs differ only in model and seed: a bad dataset is reported once, at ("dataset", …).

@@ -16,7 +16,7 @@ from app.services.stats import mean_band, summarize
 
 
 def test_study_queues_presets_times_seeds_as_one_group(client: TestClient, broker_messages: Callable) -> None:
-    response = client.post("/api/study", json={"dataset": {"kind": "cifar10"}, "presets": ["net1", "net2"], "seeds": 2})
+    response = client.post("/api/study", json={"dataset": {"name": "cifar10-sample"}, "presets": ["net1", "net2"], "seeds": 2})
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["count"] == 4 and body["group"].startswith("study:")
@@ -40,7 +40,7 @@ def test_study_defaults_to_every_preset_with_three_seeds(client: TestClient) -> 
     ({"presets": []}, ("body", "presets"), "at least one preset"),
     ({"dataset": {"kind": "cifar10", "limit_train": 500}}, ("body", "dataset", "limit_train"), "whole data set"),
     ({"dataset": {"kind": "cifar10", "augment": True}}, ("body", "dataset", "augment"), "without augmentation"),
-    ({"dataset": {"kind": "imagefolder", "path": "nowhere"}}, ("body", "dataset", "path"), "does not exist"),
+    ({"dataset": {"kind": "imagefolder", "path": "nowhere"}}, ("body", "dataset", "path"), "not found"),
     ({"seeds": 0}, ("body", "seeds"), "greater than or equal to 1"),
     ({"seeds": 6}, ("body", "seeds"), "at most 20"),  # 4 presets × 6 > MAX_SWEEP_RUNS=20
     ({"extra": 1}, ("body", "extra"), "Extra inputs"),

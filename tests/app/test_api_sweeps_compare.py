@@ -73,8 +73,8 @@ def test_compare_runs_lists_differences_and_metrics(client: TestClient, make_run
     a = make_run(name="a", hyperparameters={"lr": 0.1, "batch_size": 64}, status=RunStatus.succeeded,
                  final_metrics={"test/acc": 0.7}, best_metrics={"val/acc": 0.72}).id
     b = make_run(name="b", hyperparameters={"lr": 0.05, "batch_size": 64}, status=RunStatus.succeeded,
-                 final_metrics={"test/acc": 0.75}, best_metrics={"val/acc": 0.76}, dataset={"kind": "cifar10",
-                                                                                             "augment": True}).id
+                 final_metrics={"test/acc": 0.75}, best_metrics={"val/acc": 0.76},
+                 dataset={"kind": "imagefolder", "name": "cifar10-sample", "augment": True}).id
     body = client.get(f"/api/compare?ids={b},{a}").json()
     assert [row["name"] for row in body["runs"]] == ["b", "a"]  # the order asked for
     assert body["differing"] == ["dataset.augment", "lr"]
