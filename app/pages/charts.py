@@ -87,6 +87,18 @@ def _scaled(values: Sequence[float | None], scale: float) -> list[float | None]:
     return [None if v is None else v * scale for v in values]
 
 
+def hover_template(scale: float) -> str:
+    """Accuracy (scaled to %) with two decimals and a unit; anything else with four significant digits."""
+    return "%{y:.2f} %" if scale == 100.0 else "%{y:.4g}"
+
+
+def live_style(scale: float) -> dict[str, Any]:
+    """What static/run_detail.js needs to style the traces it adds and extends live (in layout.meta),
+    so that the browser never keeps its own copy of these colours and thresholds."""
+    return {"split_colours": SPLIT_COLOURS, "other_colour": OTHER_COLOUR, "markers_up_to": MARKERS_UP_TO,
+            "scattergl_threshold": SCATTERGL_THRESHOLD, "hover": hover_template(scale)}
+
+
 def _line_trace(*, name: str, x: Sequence[float], y: Sequence[float | None], colour: str,
                 total_points: int, meta: dict[str, Any], hover: str, **extra: Any) -> dict[str, Any]:
     """A line trace as a dict: style validated by graph_objects, data arrays attached as they are."""
@@ -123,11 +135,12 @@ def run_figures(series: list[dict[str, Any]]) -> dict[str, str]:
                 total_points=max(s.get("total_points", 0), len(s["step"])),
                 # last_step: the live stream may resend points the page already has; the JS drops those.
                 meta={"metric": s["name"], "last_step": s["step"][-1] if s["step"] else -1},
-                hover="%{y:.2f} %" if spec.scale == 100.0 else "%{y:.4g}",
+                hover=hover_template(spec.scale),
             )
             for s in series if spec.shows(s["name"])
         ]
         layout = titled_layout(spec.title, spec.y_title)
+        layout["meta"] = live_style(spec.scale)
         if spec.key == "lr":
             layout["yaxis"]["exponentformat"] = "e"
         if not traces:
@@ -166,7 +179,7 @@ def compare_curves_figure(runs: Sequence[Any], series_by_run: dict[int, list[dic
                 name=run_label(run.id, run.name), x=s["epoch"], y=_scaled(s["value"], scale), colour=colour,
                 total_points=len(s["step"]) * len(runs),  # many runs' points together: WebGL sooner
                 meta={"run_id": run.id, "metric": s["name"], "scale": scale, "step": s["step"], "time": s["time"]},
-                hover="%{y:.2f} %" if scale == 100.0 else "%{y:.4g}",
+                hover=hover_template(scale),
                 visible=s["name"] == metric, legendgroup=str(run.id),
             ))
     layout = titled_layout(metric_label(metric), metric_label(metric), height=420)
