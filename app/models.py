@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, field_validator, model_validator
 from sqlalchemy import JSON, Column, Float, ForeignKey, Index, Integer, Text, UniqueConstraint
@@ -446,3 +446,51 @@ class DatasetsPublic(SQLModel):
     data: list[DatasetPublic]
     count: int
     default: str = Field(description="What a launch without a dataset trains on")
+
+
+# ------------------------------------------------------------- visualisations ---
+
+class ClassScore(SQLModel):
+    name: str
+    probability: float = Field(description="Softmax probability, 0..1")
+
+
+class FeatureMaps(SQLModel):
+    layer: str = Field(description="Where the maps are taken, e.g. '1 (ReLU after Conv2d 0)'")
+    channels: int = Field(description="Channels shown (the first ones)")
+    height: int
+    width: int
+    image: str = Field(description="The grid as a data:image/png URI, usable as an <img src>")
+
+
+class ActivationsPublic(SQLModel):
+    source: Literal["test", "upload"]
+    class_name: str | None = Field(default=None, description="The true class (test images only)")
+    index: int | None = Field(default=None, description="Index among the test images of that class")
+    predicted: str
+    top: list[ClassScore]
+    input: str = Field(description="The 32×32 input as a data:image/png URI (fig 3.6)")
+    first: FeatureMaps = Field(description="First conv layer's feature maps (fig 3.4)")
+    last: FeatureMaps = Field(description="Last conv layer's feature maps, first 128 channels (fig 3.5)")
+
+
+class ConfusionPublic(SQLModel):
+    classes: list[str]
+    matrix: list[list[int]] = Field(description="Rows: true class; columns: predicted class")
+    per_class_accuracy: list[float] = Field(description="Recall per true class, 0..1")
+    total: int = Field(description="Test images counted (the matrix's sum)")
+    accuracy: float
+    heatmap: dict[str, Any] = Field(description="Plotly figure (data + layout) of the matrix")
+    per_class_bar: dict[str, Any] = Field(description="Plotly figure of the per-class accuracy")
+
+
+class VisualizeInfo(SQLModel):
+    run_id: int
+    model: str
+    checkpoint_step: int
+    checkpoint_epoch: float
+    classes: list[str]
+    test_images_per_class: list[int]
+    first_conv: str = Field(description="The layer whose filters fig 3.7 shows")
+    first_layer: str
+    last_layer: str

@@ -6,9 +6,6 @@
 (function () {
   const run = TB.readJsonBlock("run-data");
   const messages = document.getElementById("run-messages");
-  const SPLIT_COLOURS = { train: "#4c78a8", val: "#f58518", test: "#54a24b" };
-  const SCATTERGL_THRESHOLD = 3000; // as app/pages/charts.py
-  const MARKERS_UP_TO = 60;
   const RECONNECT_MS = 3000;
 
   // ---------------------------------------------------------------- charts ---
@@ -19,6 +16,8 @@
   const lastStep = {}; // series name → last step drawn
   charts.forEach((chart) => {
     TBCharts.draw(chart.el);
+    // Colours, thresholds and hover format come with the figure (layout.meta, from app/pages/charts.py).
+    chart.style = (chart.el.layout && chart.el.layout.meta) || {};
     (chart.el.data || []).forEach((trace) => {
       if (trace.meta && trace.meta.metric) lastStep[trace.meta.metric] = trace.meta.last_step;
     });
@@ -55,18 +54,21 @@
     }
     const index = traceIndex(gd, fragment.name);
     if (index < 0) {
-      const colour = SPLIT_COLOURS[fragment.name.split("/")[0]] || "#b279a2";
+      const style = chart.style;
+      const colour = (style.split_colours || {})[fragment.name.split("/")[0]] || style.other_colour;
       Plotly.addTraces(gd, {
         type: "scatter", mode: "lines+markers", name: fragment.name, x: xs, y: ys,
         meta: { metric: fragment.name }, line: { color: colour, width: 2 }, marker: { size: 5, color: colour },
-        hovertemplate: chart.scale === 100 ? "%{y:.2f} %" : "%{y:.4g}",
+        hovertemplate: style.hover,
       });
       return;
     }
     Plotly.extendTraces(gd, { x: [xs], y: [ys] }, [index]);
     const trace = gd.data[index];
-    if (trace.x.length > MARKERS_UP_TO && trace.mode !== "lines") Plotly.restyle(gd, { mode: "lines" }, [index]);
-    if (trace.x.length > SCATTERGL_THRESHOLD && trace.type === "scatter") Plotly.restyle(gd, { type: "scattergl" }, [index]);
+    if (trace.x.length > chart.style.markers_up_to && trace.mode !== "lines") Plotly.restyle(gd, { mode: "lines" }, [index]);
+    if (trace.x.length > chart.style.scattergl_threshold && trace.type === "scatter") {
+      Plotly.restyle(gd, { type: "scattergl" }, [index]);
+    }
   }
 
   // -------------------------------------------------------- status, progress ---
@@ -109,7 +111,7 @@
     renderMetricsTable(s.final_metrics || {}, s.best_metrics || {});
   }
 
-  const METRIC_ORDER = ["train/loss", "val/loss", "test/loss", "train/acc", "val/acc", "test/acc"];
+  const METRIC_ORDER = run.metric_order; // app/pages/runs.py's, through the run-data block
 
   function renderMetricsTable(final, best) {
     const names = new Set(Object.keys(final).concat(Object.keys(best)));

@@ -24,6 +24,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from app.core.figures import titled_layout
 from app.services.stats import mean_band
 
 # Above this many points a series is drawn with WebGL (scattergl): SVG gets slow past a few thousand.
@@ -86,20 +87,16 @@ def _scaled(values: Sequence[float | None], scale: float) -> list[float | None]:
     return [None if v is None else v * scale for v in values]
 
 
-def _base_layout(title: str, y_title: str, x_title: str = "epoch", height: int = 320) -> dict[str, Any]:
-    return {
-        "template": "none",
-        "title": {"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}},
-        "height": height,
-        "margin": {"l": 64, "r": 16, "t": 44, "b": 48},
-        "paper_bgcolor": "rgba(0,0,0,0)",
-        "plot_bgcolor": "rgba(0,0,0,0)",
-        "font": {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12},
-        "hovermode": "x unified",
-        "legend": {"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom"},
-        "xaxis": {"title": {"text": x_title}, "zeroline": False, "showgrid": True},
-        "yaxis": {"title": {"text": y_title}, "zeroline": False, "showgrid": True},
-    }
+def hover_template(scale: float) -> str:
+    """Accuracy (scaled to %) with two decimals and a unit; anything else with four significant digits."""
+    return "%{y:.2f} %" if scale == 100.0 else "%{y:.4g}"
+
+
+def live_style(scale: float) -> dict[str, Any]:
+    """What static/run_detail.js needs to style the traces it adds and extends live (in layout.meta),
+    so that the browser never keeps its own copy of these colours and thresholds."""
+    return {"split_colours": SPLIT_COLOURS, "other_colour": OTHER_COLOUR, "markers_up_to": MARKERS_UP_TO,
+            "scattergl_threshold": SCATTERGL_THRESHOLD, "hover": hover_template(scale)}
 
 
 def _line_trace(*, name: str, x: Sequence[float], y: Sequence[float | None], colour: str,
@@ -138,11 +135,12 @@ def run_figures(series: list[dict[str, Any]]) -> dict[str, str]:
                 total_points=max(s.get("total_points", 0), len(s["step"])),
                 # last_step: the live stream may resend points the page already has; the JS drops those.
                 meta={"metric": s["name"], "last_step": s["step"][-1] if s["step"] else -1},
-                hover="%{y:.2f} %" if spec.scale == 100.0 else "%{y:.4g}",
+                hover=hover_template(spec.scale),
             )
             for s in series if spec.shows(s["name"])
         ]
-        layout = _base_layout(spec.title, spec.y_title)
+        layout = titled_layout(spec.title, spec.y_title)
+        layout["meta"] = live_style(spec.scale)
         if spec.key == "lr":
             layout["yaxis"]["exponentformat"] = "e"
         if not traces:
@@ -181,10 +179,10 @@ def compare_curves_figure(runs: Sequence[Any], series_by_run: dict[int, list[dic
                 name=run_label(run.id, run.name), x=s["epoch"], y=_scaled(s["value"], scale), colour=colour,
                 total_points=len(s["step"]) * len(runs),  # many runs' points together: WebGL sooner
                 meta={"run_id": run.id, "metric": s["name"], "scale": scale, "step": s["step"], "time": s["time"]},
-                hover="%{y:.2f} %" if scale == 100.0 else "%{y:.4g}",
+                hover=hover_template(scale),
                 visible=s["name"] == metric, legendgroup=str(run.id),
             ))
-    layout = _base_layout(metric_label(metric), metric_label(metric), height=420)
+    layout = titled_layout(metric_label(metric), metric_label(metric), height=420)
     layout["hovermode"] = "closest"
     return figure_json(traces, layout)
 
@@ -220,7 +218,7 @@ def parcoords_figure(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> str
         line={"color": accuracy, "colorscale": "Viridis", "showscale": True,
               "colorbar": {"title": {"text": "val acc %"}}},
     )
-    layout = _base_layout("", "", height=380)  # the page's heading names it
+    layout = titled_layout("", "", height=380)  # the page's heading names it
     layout["margin"] = {"l": 72, "r": 72, "t": 48, "b": 32}
     return go.Figure(data=[figure], layout=layout).to_json()  # one small trace: plotly validates it all
 
@@ -262,14 +260,14 @@ def group_bands_figure(groups: Sequence[tuple[str, Sequence[list[dict[str, Any]]
                            "customdata": [[d, n] for d, n in zip(spread, band.n)],
                            "hovertemplate": f"%{{y:.4g}} ± %{{customdata[0]:.2g}}{unit} (n=%{{customdata[1]}})",
                            "meta": {"group": label, "metric": name, "role": "mean"}})
-    layout = _base_layout(f"{metric_label(metric)}: mean ± std", metric_label(metric), height=420)
+    layout = titled_layout(f"{metric_label(metric)}: mean ± std", metric_label(metric), height=420)
     layout["hovermode"] = "closest"
     return figure_json(traces, layout)
 
 
 def class_balance_figure(classes: Sequence[str], counts: dict[str, Sequence[int]]) -> str:
     """Grouped bars: images per class, one bar colour per split (the datasets page)."""
-    layout = _base_layout("Images per class", "images", x_title="class", height=300)
+    layout = titled_layout("Images per class", "images", x_title="class", height=300)
     layout["hovermode"] = "closest"
     layout["barmode"] = "group"
     traces = [{**go.Bar(name=split, marker={"color": colour}, hovertemplate="%{x}: %{y} images<extra>" + split

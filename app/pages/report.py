@@ -26,6 +26,7 @@ from sqlmodel import Session
 
 from app.api.deps import SessionDep, SettingsDep
 from app.core.config import Settings
+from app.core.figures import titled_layout
 from app.models import Run
 from app.pages import charts
 from app.pages.templating import PLOTLY_JS, STATIC_DIR, render, templates
@@ -62,16 +63,12 @@ def loss_comparison_figure(series_by_preset: dict[str, list[dict[str, Any]]]) ->
                 line={"color": PRESET_COLOURS[preset], "width": 2, "dash": "dash" if s["name"] == "train/loss" else "solid"},
                 marker={"size": 4}, hovertemplate="%{y:.4f}", legendgroup=preset,
             ))
-    layout = {
-        "template": "none", "height": 420, "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)",
-        "title": {"text": "Loss per epoch: train (dashed) and validation (solid)", "x": 0, "xanchor": "left",
-                  "font": {"size": 15}},
-        "margin": {"l": 64, "r": 16, "t": 44, "b": 48}, "hovermode": "x unified",
-        "font": {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12},
-        "legend": {"orientation": "h", "x": 1, "xanchor": "right", "y": -0.18, "yanchor": "top"},
-        "xaxis": {"title": {"text": "epoch"}, "zeroline": False},
-        "yaxis": {"title": {"text": "cross-entropy loss"}, "zeroline": False},
-    }
+    layout = titled_layout(
+        "Loss per epoch: train (dashed) and validation (solid)", "cross-entropy loss", height=420,
+        legend={"orientation": "h", "x": 1, "xanchor": "right", "y": -0.18, "yanchor": "top"},
+        xaxis={"title": {"text": "epoch"}, "zeroline": False},
+        yaxis={"title": {"text": "cross-entropy loss"}, "zeroline": False},
+    )
     return go.Figure(data=traces, layout=layout)
 
 

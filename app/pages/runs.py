@@ -275,6 +275,7 @@ def run_page_context(session: Session, run: Run, settings: Settings) -> dict[str
         "last_point_id": after_id,
         "hyperparameters": hyperparameter_rows(run),
         "metrics": metric_table(run),
+        "metric_order": METRIC_ORDER,
         "layers": layers,
         "layers_total": sum(row["parameters"] for row in layers),
         "layers_error": layers_error,

@@ -16,7 +16,7 @@ from app.core.config import Settings
 from app.models import Run
 from app.pages.common import get_run_or_404
 from app.pages.templating import render
-from app.services import visualize
+from app.services import viz_cache
 from app.services.errors import ServiceError
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -25,7 +25,7 @@ router = APIRouter(tags=["pages"], include_in_schema=False)
 def checkpoint_problem(session: Session, run: Run, settings: Settings) -> str | None:
     """Why there is nothing to show (no checkpoint yet, file missing), or None when there is."""
     try:
-        visualize.checkpoint_of(session=session, run_id=run.id, settings=settings)
+        viz_cache.checkpoint_of(session=session, run_id=run.id, settings=settings)
     except ServiceError as err:
         message = str(err)
         return message[:1].upper() + message[1:]

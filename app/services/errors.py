@@ -48,3 +48,25 @@ class InvalidInput(ServiceError):
     def as_fastapi_errors(self, prefix: Loc = ("body",)) -> list[dict[str, Any]]:
         return [{"type": "value_error", "loc": [*prefix, *loc], "msg": msg, "input": None}
                 for loc, msg in self.errors]
+
+
+# ------------------------------------------------------- visualisations ---
+
+class NoCheckpointYet(Conflict):
+    """409: the run has not saved a checkpoint yet (it is queued, or before its first evaluation)."""
+
+
+class CheckpointUnreadable(Conflict):
+    """409: the checkpoint file exists but cannot be loaded (truncated, or not a trainboard checkpoint)."""
+
+
+class DataUnavailable(Conflict):
+    """409: the run's test images cannot be loaded here (e.g. its dataset is not on this machine)."""
+
+
+class UploadRejected(Exception):
+    """An upload the dashboard refuses; `status_code` is the HTTP status, the message is for the user."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code

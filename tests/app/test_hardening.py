@@ -21,7 +21,7 @@ from app.core.security import parse_id
 from app.models import Run, RunStatus
 from app.services.errors import TooManyRequests
 from app.services.live import StreamSlots, run_event_stream
-from app.services.visualize import _keep_newest_files
+from app.services.viz_cache import keep_newest_files
 
 HUGE_ID = "100000000000000000000"  # past int64
 JSON = {"Content-Type": "application/json"}
@@ -349,5 +349,5 @@ def test_visualization_cache_keeps_the_newest_files(tmp_path: Path) -> None:
         path = tmp_path / f"activations-{index}.json"
         path.write_text("{}")
         os.utime(path, ns=(index * 10**9, index * 10**9))
-    _keep_newest_files(tmp_path, 3)
+    keep_newest_files(tmp_path, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"activations-{i}.json" for i in (2, 3, 4)]

@@ -12,7 +12,8 @@ from sqlmodel import Session
 
 from app.core.config import Settings
 from app.models import Run, RunStatus
-from app.pages.runs import ListQuery, Pagination
+from app.pages import charts
+from app.pages.runs import METRIC_ORDER, ListQuery, Pagination
 
 
 # ------------------------------------------------------------------ the list ---
@@ -200,6 +201,22 @@ def test_run_page_empty_charts_exist_for_the_stream(client: TestClient, seed: An
         assert figure["data"] == []
         assert figure["layout"]["annotations"][0]["text"] == "No data yet"
     assert html.json_block(page, "run-data")["last_point_id"] == 0
+
+
+def test_run_page_figures_carry_what_the_live_chart_js_needs(client: TestClient, seed: Any,
+                                                           html: SimpleNamespace) -> None:
+    """static/run_detail.js styles the traces it adds live from layout.meta and orders the metrics
+    table from run-data: the server's values, not copies kept in the JS."""
+    page = client.get(f"/runs/{seed.run()}").text
+    loss_style = html.json_block(page, "figure-loss")["layout"]["meta"]
+    assert loss_style["split_colours"] == charts.SPLIT_COLOURS and loss_style["other_colour"] == charts.OTHER_COLOUR
+    assert loss_style["markers_up_to"] == charts.MARKERS_UP_TO
+    assert loss_style["scattergl_threshold"] == charts.SCATTERGL_THRESHOLD
+    assert loss_style["hover"] == "%{y:.4g}"
+    assert html.json_block(page, "figure-acc")["layout"]["meta"]["hover"] == "%{y:.2f} %"  # accuracy in %
+    assert html.json_block(page, "run-data")["metric_order"] == list(METRIC_ORDER)
+    script = (Path(__file__).resolve().parents[2] / "static" / "run_detail.js").read_text()
+    assert "#4c78a8" not in script and "SCATTERGL_THRESHOLD" not in script and "MARKERS_UP_TO" not in script
 
 
 def test_run_page_long_series_use_webgl(client: TestClient, seed: Any, html: SimpleNamespace) -> None:

@@ -22,7 +22,7 @@ from sqlmodel import Session
 
 from app.core.db import utcnow
 from app.models import Run, RunStatus
-from app.services import visualize
+from app.services import visualize, viz_cache, viz_data
 from ml.data import CIFAR10_CLASSES
 from ml.visualize import MAX_UPLOAD_BYTES, grid_shape
 
@@ -271,11 +271,11 @@ def test_results_are_cached_on_disk_per_checkpoint(client: Any, run_with_checkpo
     confusion = client.get(api(run_with_checkpoint, "/confusion")).json()
     folders = list((settings.ARTIFACTS_DIR / str(run_with_checkpoint.id) / "viz").iterdir())
     assert len(folders) == 1 and {p.name for p in folders[0].iterdir()} == {"filters.png", "confusion.json"}
-    assert visualize.MODELS.loads == 1
+    assert viz_cache.MODELS.loads == 1
 
     # A fresh process (no model in memory) that may not load one: the answers come from the files.
     visualize.clear_memory_caches()
-    monkeypatch.setattr(visualize, "loaded_model", lambda ref: pytest.fail("the model was loaded again"))
+    monkeypatch.setattr(viz_cache, "loaded_model", lambda ref: pytest.fail("the model was loaded again"))
     assert client.get(api(run_with_checkpoint, "/filters.png")).content == first
     assert client.get(api(run_with_checkpoint, "/confusion")).json() == confusion
 
@@ -294,7 +294,7 @@ def test_a_new_checkpoint_invalidates_the_cache(client: Any, run_with_checkpoint
 
     assert client.get(api(run_with_checkpoint, "/filters.png")).status_code == 200
     (new,) = viz_root.iterdir()
-    assert new != old and visualize.MODELS.loads == 2
+    assert new != old and viz_cache.MODELS.loads == 2
 
 
 # ------------------------------------------------------- missing things ---
@@ -346,7 +346,7 @@ def test_page_renders_at_once_and_leaves_the_pictures_to_its_script(client: Any,
     page = response.text
     assert html.json_block(page, "viz-data") == {"run_id": run_with_checkpoint.id,
                                                  "api": f"/api/runs/{run_with_checkpoint.id}/visualize"}
-    assert visualize.MODELS.loads == 0 and visualize.TEST_SETS.loads == 0  # nothing heavy before the page shows
+    assert viz_cache.MODELS.loads == 0 and viz_data.TEST_SETS.loads == 0  # nothing heavy before the page shows
     assert 'class="spinner"' in page and 'id="upload-form"' in page
     scripts = [attrs["src"] for attrs in html.elements(page, "script") if attrs.get("src")]
     assert any("/static/visualize.js" in src for src in scripts) and any("plotly" in src for src in scripts)

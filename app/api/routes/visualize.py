@@ -14,8 +14,9 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from app.api.deps import RunIdDep, SessionDep, SettingsDep, TokenDep
+from app.models import ActivationsPublic, ConfusionPublic, VisualizeInfo
 from app.services import visualize
-from app.services.visualize import ActivationsPublic, ConfusionPublic, UploadRejected, VisualizeInfo
+from app.services.errors import UploadRejected
 
 
 
