@@ -193,7 +193,10 @@ class SeedStudy:
 
 
 def dataset_label(dataset: dict[str, Any]) -> str:
-    """"cifar10", or the kind and path: what tells two data sets apart (limits and augmentation aside)."""
+    """The dataset's listed name ("cifar10-sample", an upload), else "cifar10" or the kind and path: what
+    tells two data sets apart (limits and augmentation aside)."""
+    if dataset.get("name"):
+        return str(dataset["name"])
     kind = str(dataset.get("kind") or "cifar10")
     return f"{kind} {dataset['path']}" if dataset.get("path") else kind
 
