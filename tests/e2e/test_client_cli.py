@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow
 TINY = {"epochs": 1, "batch_size": 64, "eval_every": 0.5, "log_every": 2, "early_stop_count": 0}
 FINAL_METRICS = {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"}
 RUN_TIMEOUT_S = 180
-TOKEN = "cli-token"
+TOKEN = "cli-token-0123456789"
 
 
 def dataset(root: Path) -> dict[str, Any]:
@@ -174,15 +175,18 @@ def test_cli_launch_watch_list_compare_export_cancel(embedded_stack: Any, cifar_
     assert run_cli("watch", str(long_run)) == 3  # the exit code follows the run's status
     assert f"run {long_run} cancelled" in capsys.readouterr().out
 
-    # A run that fails in the worker (CIFAR-10 is not in DATASETS_DIR, and there is no network): exit 1.
-    assert run_cli("launch", "--preset", "task1", "--dataset", "cifar10", *tiny, "--watch") == 1
+    # A run that fails in the worker: the web counts the images, only the worker decodes the corrupt one. Exit 1.
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(cifar_subset, corrupt)
+    next((corrupt / "train").rglob("*.jpg")).write_bytes(b"not a jpeg")
+    assert run_cli("launch", "--preset", "task1", "--dataset", f"imagefolder:{corrupt}", *tiny, "--watch") == 1
     out = capsys.readouterr().out
     failed = int(out.split()[1])
     assert f"run {failed} failed" in out
 
     assert run_cli("compare", str(first), str(failed)) == 0
-    kind_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("dataset.kind"))
-    assert kind_row.split()[1:] == ["imagefolder", "cifar10"]
+    path_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("dataset.path"))
+    assert path_row.split()[1:] == [str(cifar_subset), str(corrupt)]
 
 
 def test_cli_entry_point_reads_url_from_environment(embedded_stack: Any) -> None:
