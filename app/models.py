@@ -248,9 +248,8 @@ class MetricPoint(SQLModel, table=True):
 
     __tablename__ = "metric_point"
     __table_args__ = (
-        # The chart query: one run's series by name, in step order.
-        Index("ix_metric_point_run_split_name_step", "run_id", "split", "name", "step"),
-        # The live stream's query: one run's points after the last id sent.
+        # Every read: a run's points after an id (the charts and the live stream), its newest id,
+        # and the resume's delete by run. The only metric_point index (see migration 0007).
         Index("ix_metric_point_run_id_id", "run_id", "id"),
     )
 
@@ -417,10 +416,6 @@ class ComparePublic(SQLModel):
     runs: list[CompareRow]
     differing: list[str] = Field(description="Hyperparameters whose values differ between the runs")
     metric_names: list[str]
-
-
-class Message(SQLModel):
-    message: str
 
 
 # ------------------------------------------------------------------- datasets ---

@@ -98,8 +98,8 @@ def insert_compared_runs(engine: Any, runs: int, steps: int) -> list[int]:
     ids = []
     with Session(engine) as session:
         for r in range(runs):
-            run = run_service.create_run(session=session, run_in=RunCreate(
-                model="task1", name=f"compared-{r}", hyperparameters={"lr": 0.01 * (r + 1)}))
+            [run] = run_service.create_runs(session=session, runs_in=[RunCreate(
+                model="task1", name=f"compared-{r}", hyperparameters={"lr": 0.01 * (r + 1)})])
             lifecycle.claim_run(session=session, run_id=run.id, hostname="bench", max_redeliveries=3)
             points = []
             for step in range(steps):

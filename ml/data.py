@@ -1,4 +1,4 @@
-"""Datasets as whole uint8 tensors: CIFAR-10 pickles, image folders, splits and archive subsets.
+"""Datasets as whole uint8 tensors: CIFAR-10 pickles, image folders and splits.
 
 Everything here ends in an `ImageSet` (uint8 N×3×H×W images plus int64 labels on
 the CPU); normalisation, batching and augmentation happen later, in
@@ -9,27 +9,24 @@ what to do about it, because it ends up verbatim in the dashboard and the CLI.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import functools
 import hashlib
-import json
 import logging
 import os
 import pickle
-import shutil
 import tarfile
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ml.config import ConfigError, DatasetSpec, validate
+from ml.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +46,6 @@ SPLITS = ("train", "test")
 # Bump when the cache's content or layout changes, so old cache files stop matching.
 CACHE_FORMAT_VERSION = 1
 CACHE_FOLDER = "cache"  # under the app's DATA_DIR; never inside a user's data folder
-EXTRACT_MARKER = ".trainboard-extracted.json"
 DECODE_CHUNK = 512  # images per thread-pool task: big enough to amortise the task overhead
 
 # A test subset is drawn with a fixed seed rather than the run's seed, so that runs
@@ -399,27 +395,14 @@ def _read_cache(path: Path, classes: list[str]) -> tuple[ImageSet, ImageSet] | N
         return None
 
 
-def _write_atomically(path: Path, blob: dict[str, Any]) -> None:
-    """torch.save to a temporary file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(blob, f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; other users of the data may read it too
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_cache(dirs: list[Path], key: str, train: ImageSet, test: ImageSet) -> None:
     blob = {"format": CACHE_FORMAT_VERSION, "classes": train.classes,
             "train_images": train.images, "train_labels": train.labels,
             "test_images": test.images, "test_labels": test.labels}
     for folder in dirs:
         try:
-            _write_atomically(folder / f"{key}.pt", blob)
+            with atomic_write(folder / f"{key}.pt") as file:
+                torch.save(blob, file)
             return
         except OSError as exc:  # read-only data folder, full disk: try the next place
             log.info("cannot write a cache in %s (%s)", folder, exc)
@@ -570,140 +553,3 @@ def load_splits(spec: DatasetSpec, *, data_dir: str | Path, seed: int, val_fract
     train, val = pool.subset(train_idx), pool.subset(val_idx)
     source = f"{spec.kind} {where} ({len(train)}/{len(val)}/{len(test)})"
     return Splits(train=train, val=val, test=test, classes=list(train_full.classes), source=source)
-
-
-# ---------------------------------------------------------------------------
-# Subsets of an image-folder archive
-
-
-def _member_parts(member: tarfile.TarInfo) -> tuple[str, str, str, str] | None:
-    """(top, split, class, file) of an image entry `<top>/<split>/<class>/<file>`, else None.
-
-    Only plain names pass, so nothing can be written outside the destination.
-    """
-    parts = member.name.split("/")
-    if not member.isfile() or len(parts) != 4 or parts[1] not in SPLITS:
-        return None
-    if any(p in ("", ".", "..") or p.startswith(".") or "\\" in p for p in parts):
-        return None
-    if os.path.splitext(parts[3])[1].lower() not in IMAGE_EXTENSIONS:
-        return None
-    return parts[0], parts[1], parts[2], parts[3]
-
-
-def _write_member(fileobj: BinaryIO, folder: str, name: str, made: set[str]) -> None:
-    # os.path rather than pathlib, and one makedirs per folder: this runs 60,000 times.
-    if folder not in made:
-        os.makedirs(folder, exist_ok=True)
-        made.add(folder)
-    with open(os.path.join(folder, name), "wb") as out:
-        shutil.copyfileobj(fileobj, out)
-
-
-def _stream_subset(archive: Path, into: Path, limits: dict[str, int | None]) -> str:
-    """Write the first `limits[split]` files per class (by name) of `archive` under `into`; return the top folder.
-
-    One pass over the gzip stream. The archive need not be sorted: a file that
-    falls out of a class's first N is deleted again, and when the archive is
-    sorted (as the shared one is) nothing past the first N is ever written.
-    """
-    kept: dict[tuple[str, str], list[str]] = {}
-    tops: set[str] = set()
-    made: set[str] = set()
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            for member in tar:
-                parts = _member_parts(member)
-                if parts is None:
-                    continue
-                top, split, cls, name = parts
-                names, limit = kept.setdefault((split, cls), []), limits[split]
-                if limit is not None and len(names) >= limit and name > names[-1]:
-                    continue
-                fileobj = tar.extractfile(member)
-                if fileobj is None:
-                    continue
-                folder = os.path.join(into, top, split, cls)
-                _write_member(fileobj, folder, name, made)
-                tops.add(top)
-                i = bisect.bisect_left(names, name)
-                if i == len(names) or names[i] != name:  # a repeated entry overwrites, like tar does
-                    names.insert(i, name)
-                if limit is not None and len(names) > limit:
-                    os.unlink(os.path.join(folder, names.pop()))
-    except (OSError, EOFError, tarfile.TarError) as exc:
-        raise DatasetError(f"cannot read archive {archive} ({type(exc).__name__}: {exc}). "
-                           f"Check that it is a complete .tar.gz file.") from exc
-    if len(tops) != 1 or {s for s, _ in kept} != set(SPLITS):
-        raise DatasetError(f"archive {archive} is not laid out as <top>/train/<class>/<image> and "
-                           f"<top>/test/<class>/<image> under a single top folder (found tops: "
-                           f"{', '.join(sorted(tops)) or 'none'}).")
-    return tops.pop()
-
-
-def _extraction_request(archive: Path, train_per_class: int | None, test_per_class: int | None) -> dict[str, Any]:
-    for name, value in (("train_per_class", train_per_class), ("test_per_class", test_per_class)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be None (all) or at least 1 (got {value})")
-    return {"archive": archive.name, "archive_size": archive.stat().st_size,
-            "train_per_class": train_per_class, "test_per_class": test_per_class}
-
-
-def _completed_extraction(dest: Path, request: dict[str, Any]) -> Path | None:
-    """The extracted root when `dest`'s marker records exactly this request, else None."""
-    try:
-        marker = json.loads((dest / EXTRACT_MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    if {k: marker.get(k) for k in request} == request and marker.get("root"):
-        root = dest / str(marker["root"])
-        if root.is_dir():
-            return root
-        (dest / EXTRACT_MARKER).unlink(missing_ok=True)  # the tree was deleted since: extract again
-        return None
-    raise DatasetError(f"{dest} already holds a different extraction ({dest / EXTRACT_MARKER}: {marker}). "
-                       f"Choose another destination folder or delete {dest}.")
-
-
-def extract_imagefolder_subset(archive: str | Path, dest: str | Path, *,
-                               train_per_class: int | None, test_per_class: int | None) -> Path:
-    """Extract the first N images per class (by file name; None = all) of each split of `archive` into `dest`.
-
-    `archive` is a .tar.gz laid out as `<top>/{train,test}/<class>/<image>`; the
-    return value is `dest/<top>`, ready for `load_imagefolder`. Idempotent: the
-    marker file is written last, so a later call with the same request returns
-    at once, and an interrupted extraction (which only ever wrote to a temporary
-    folder) is simply redone.
-    """
-    archive, dest = Path(archive).expanduser(), Path(dest).expanduser()
-    if not archive.is_file():
-        raise DatasetError(f"archive {archive} not found. Give the path of a .tar.gz laid out as "
-                           f"<top>/train/<class>/<image> and <top>/test/<class>/<image>.")
-    request = _extraction_request(archive, train_per_class, test_per_class)
-    done = _completed_extraction(dest, request)
-    if done is not None:
-        return done
-
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest, prefix=".extracting-") as tmp:
-        top = _stream_subset(archive, Path(tmp), {"train": train_per_class, "test": test_per_class})
-        target = dest / top
-        if target.exists():
-            # Another process may have finished the same request meanwhile.
-            done = _completed_extraction(dest, request)
-            if done is not None:
-                return done
-            raise DatasetError(f"{target} already exists but is not a completed extraction of {archive}. "
-                               f"Delete it or choose another destination folder.")
-        os.replace(Path(tmp) / top, target)
-    marker = dict(request, root=top)
-    _write_text_atomically(dest / EXTRACT_MARKER, json.dumps(marker, indent=1))
-    return target
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)

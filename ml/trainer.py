@@ -9,7 +9,6 @@ losses accumulate on the device and are read every `log_every` steps).
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch import nn
 
 from ml.batching import BatchLoader, data_placement, place
 from ml.config import ConfigError, TrainConfig, from_dict, to_dict, validate
+from ml.files import atomic_write
 from ml.models import build_model, count_parameters
 from ml.precision import FP32_CPU, Precision, choose_precision
 
@@ -158,11 +158,6 @@ def eval_schedule(steps_per_epoch: int, epochs: int, every: float) -> dict[int, 
         points.setdefault(max(step, 1), round(k * every, 6))
     points[total] = float(epochs)
     return points
-
-
-def eval_steps(steps_per_epoch: int, epochs: int, every: float) -> list[int]:
-    """Steps after which to evaluate (see eval_schedule)."""
-    return sorted(eval_schedule(steps_per_epoch, epochs, every))
 
 
 @torch.no_grad()
@@ -363,10 +358,8 @@ def checkpoint_dict(run: _Run) -> dict[str, Any]:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically, so that a reader or a crash never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as file:
+        torch.save(state, file)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

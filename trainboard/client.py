@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from ml.files import atomic_write  # standard library only: the client stays torch-free
+
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 DEFAULT_TIMEOUT_S = 30.0
 # The server sends a keep-alive comment every 15 s: a stream silent for longer is dead, so reconnect.
@@ -303,22 +305,16 @@ class Client:
         target = Path(path)
         if target.is_dir():
             target = target / f"run-{run_id}-checkpoint.pt"
-        partial = target.with_name(target.name + ".part")
         try:
             with self._http.stream("GET", f"/runs/{run_id}/checkpoint") as response:
                 if response.is_error:
                     response.read()
                     raise ApiError.from_response(response)
-                with open(partial, "wb") as out:
+                with atomic_write(target) as out:
                     for chunk in response.iter_bytes(1 << 20):
                         out.write(chunk)
         except httpx.TransportError as err:
-            partial.unlink(missing_ok=True)
             raise ConnectionFailed(f"checkpoint download from {self.url} failed: {err}") from err
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        partial.replace(target)
         return target
 
     # ---------------------------------------------------------- live stream ---

@@ -1,6 +1,7 @@
 """Heartbeats: one background thread per training, and one per worker process.
 
-RunHeartbeat ticks every `interval_s` (≤ 2 s) while a run trains. Each tick
+RunHeartbeat ticks every `interval_s` (Settings.HEARTBEAT_INTERVAL_S: 2 s by
+default, at most 10 s) while a run trains. Each tick
 flushes the MetricWriter, writes the run's heartbeat and progress, and polls the
 cancel flag. The training loop's `should_stop` only reads a threading.Event that
 the tick sets, because it is called between every step and evaluation batch and
@@ -211,7 +212,7 @@ def device_and_precision() -> tuple[str | None, str | None]:
 
 
 def heartbeat_interval_s() -> float:
-    """Settings.HEARTBEAT_INTERVAL_S (2 s by default): a cancel is then seen within 2 s plus one step."""
+    """Settings.HEARTBEAT_INTERVAL_S (2 s by default, ≤ 10 s): a cancel is seen within it plus one step."""
     from app.core.config import get_settings
 
     return float(get_settings().HEARTBEAT_INTERVAL_S)

@@ -7,7 +7,7 @@ batched transactions:
 - at every evaluation, synchronously: an evaluation's metrics are durable
   before training goes on;
 - from the run's heartbeat thread (worker.heartbeat.RunHeartbeat) at least
-  every 2 s, so that step metrics show up live;
+  every HEARTBEAT_INTERVAL_S (2 s by default), so that step metrics show up live;
 - at the end of training (`close`).
 
 A failed write keeps the points buffered and is retried; only after

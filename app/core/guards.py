@@ -56,6 +56,12 @@ class AllowedHosts:
         await self.app(scope, receive, send)
 
 
+def declared_length(header: str | bytes | None) -> int | None:
+    """A request's Content-Length, or None when it is absent or not plain ASCII digits (then the body is counted)."""
+    text = header.decode("latin-1") if isinstance(header, bytes) else (header or "")
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 class BodyTooLarge(Exception):
     pass
 
@@ -96,8 +102,8 @@ class BoundedStrictBody:
         too_large = PlainTextResponse(f"The request body is larger than {limit} bytes ({setting}).",
                                       status_code=413)
         headers = dict(scope["headers"])
-        declared = headers.get(b"content-length", b"").decode("latin-1")
-        if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        declared = declared_length(headers.get(b"content-length"))
+        if declared is not None and declared > limit:
             await too_large(scope, receive, send)
             return
         if _may_be_parsed_as_json(headers.get(b"content-type", b"")):

@@ -13,6 +13,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from typing import Any
 
 # run.id is INTEGER: 64-bit on SQLite, 32-bit on PostgreSQL. A larger id names no run (404), and
@@ -27,6 +28,13 @@ def parse_id(text: str | None) -> int | None:
     """A run id from user text ("42"), or None: ASCII digits only ("²".isdigit() is True, int("²") fails)."""
     text = (text or "").strip()
     return int(text) if _ASCII_DIGITS.fullmatch(text) else None
+
+
+def parse_id_list(values: Iterable[str]) -> list[int] | None:
+    """Run ids from comma-separated user text ("1,2,3", or several such values, as ids=1&ids=2 gives),
+    in order; None when a part is not an id. Empty parts ("1,,2", a trailing comma) are skipped."""
+    ids = [parse_id(part) for value in values for part in value.split(",") if part.strip()]
+    return None if any(run_id is None for run_id in ids) else [run_id for run_id in ids if run_id is not None]
 
 
 def id_exists_in_range(run_id: int) -> bool:

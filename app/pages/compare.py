@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, Response
 from sqlmodel import Session
 
 from app.api.deps import SessionDep
-from app.core.security import parse_id
+from app.core.security import parse_id_list
 from app.models import Run
 from app.pages import charts
 from app.pages.common import not_found
@@ -45,10 +45,10 @@ MAX_PARCOORDS_DIMENSIONS = 12
 
 def parse_ids(raw_values: list[str]) -> list[int]:
     """"1,2,3" (or ids=1&ids=2) → [1, 2, 3]; a non-number is a 400."""
-    ids = [parse_id(part) for raw in raw_values for part in raw.split(",") if part.strip()]
-    if any(run_id is None for run_id in ids):
+    ids = parse_id_list(raw_values)
+    if ids is None:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "ids must be run ids separated by commas, e.g. 1,2,3")
-    return list(dict.fromkeys(run_id for run_id in ids if run_id is not None))
+    return list(dict.fromkeys(ids))
 
 
 def setting_of(run: Run, key: str) -> Any:

@@ -28,6 +28,7 @@ from typing import IO, Any
 from app.core.config import Settings
 from app.services.dataset_base import BUILTIN_NAMES, RESERVED_FOLDERS, DatasetInfo, check_name
 from app.services.errors import Conflict, InvalidInput, ServiceError
+from ml.files import atomic_write
 
 UPLOADS_FOLDER = ".uploads"
 COPY_CHUNK = 1 << 20
@@ -56,10 +57,8 @@ def _state_path(settings: Settings, name: str) -> Path:
 
 
 def _write_state(settings: Settings, name: str, **state: Any) -> None:
-    path = _state_path(settings, name)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"name": name, "pid": os.getpid(), **state}))
-    os.replace(tmp, path)
+    with atomic_write(_state_path(settings, name), "w") as file:
+        file.write(json.dumps({"name": name, "pid": os.getpid(), **state}))
 
 
 def _alive(pid: int) -> bool:

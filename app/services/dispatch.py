@@ -70,11 +70,6 @@ def dispatch_train_runs(run_ids: Iterable[int], *, settings: Settings | None = N
         raise _unavailable(settings, err) from err
 
 
-def dispatch_train_run(run_id: int, *, settings: Settings | None = None) -> None:
-    """Send one run to the workers; BrokerUnavailable when the broker is down."""
-    dispatch_train_runs([run_id], settings=settings)
-
-
 def broker_status(settings: Settings | None = None, timeout_s: float = 1.0) -> str:
     """"ok" when the broker accepts a connection (filesystem://: its folders are writable), else "down"."""
     settings = settings or get_settings()

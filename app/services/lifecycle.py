@@ -12,7 +12,7 @@ A worker's life with these, in order:
     truncate_metrics(session=s, run_id=rid, after_step=ckpt_step)
     add_event(session=s, run_id=rid, kind="resumed", message=f"resumed from checkpoint at step {n}")
     loop:
-        add_metric_points(session=s, run_id=rid, points=[...])  # batched, every ≤ 2 s
+        add_metric_points(session=s, run_id=rid, points=[...])  # batched, every HEARTBEAT_INTERVAL_S
         update_progress(session=s, run_id=rid, epoch=.., step=.., total_steps=.., images_per_s=..)
         heartbeat_run(session=s, run_id=rid)                     # when no progress for a while (≤ 10 s)
         is_cancel_requested(session=s, run_id=rid)               # True → stop between steps

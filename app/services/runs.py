@@ -135,12 +135,6 @@ def list_events(*, session: Session, run_id: int, after_id: int = 0) -> list[Run
 
 # --------------------------------------------------------------- creating ---
 
-def create_run(*, session: Session, run_in: RunCreate, settings: Settings | None = None,
-               cloned_from: int | None = None) -> Run:
-    """Insert one queued run (not dispatched; see submit_runs). InvalidInput on a bad request."""
-    return create_runs(session=session, runs_in=[run_in], settings=settings, cloned_from=cloned_from)[0]
-
-
 def create_runs(*, session: Session, runs_in: Sequence[RunCreate], settings: Settings | None = None,
                 cloned_from: int | None = None, error_locs: Sequence[Loc] | None = None,
                 event_message: str = "queued") -> list[Run]:

@@ -18,7 +18,7 @@ from app.models import Run, RunStatus
 
 @pytest.fixture
 def make_run(engine: Any) -> Callable[..., Run]:
-    """make_run(**fields): insert a run row as it would look after create_run (no dispatch)."""
+    """make_run(**fields): insert a run row as it would look after create_runs (no dispatch)."""
     def make(**fields: Any) -> Run:
         values: dict[str, Any] = {
             # The built-in sample: a clone or sweep of the run passes the launch checks anywhere.

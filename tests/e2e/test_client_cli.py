@@ -70,7 +70,7 @@ def test_client_launch_watch_compare_download_cancel_delete(embedded_stack: Any,
 
         saved = client.download_checkpoint(run.id, tmp_path)
         assert saved == tmp_path / f"run-{run.id}-checkpoint.pt" and saved.stat().st_size > 100_000
-        assert not list(tmp_path.glob("*.part"))
+        assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left beside it
 
         swept = client.sweep({"lr": [0.02, 0.01]}, base_run_id=run.id)
         assert len(swept) == 2

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from ml.trainer import eval_steps
+from ml.trainer import eval_schedule
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def assert_trains_to_success(stack: Any, dataset_root: Path) -> None:
     run = stack.wait_for_status(run_id, {"succeeded", "failed", "cancelled"}, RUN_TIMEOUT_S)
 
     assert run["status"] == "succeeded", f"{run['error']}\n{stack.logs()}"
-    evaluations = eval_steps(run["total_steps"], 1, TINY_HYPERPARAMETERS["eval_every"])
+    evaluations = sorted(eval_schedule(run["total_steps"], 1, TINY_HYPERPARAMETERS["eval_every"]))
     assert len(evaluations) == 3
     assert stack.eval_points(run_id) == {step: 6 for step in evaluations}  # every evaluation × 6 metrics
     assert run["step"] == run["total_steps"] and set(run["final_metrics"]) == {
@@ -182,7 +182,7 @@ def test_e2e_two_workers_never_train_the_same_run(server_stack: Any, cifar_subse
         kinds = [kind for kind, _ in events(stack, run_id)]
         assert kinds.count("started") == 1 and "resumed" not in kinds, kinds
         total_steps = stack.wait_for_status(run_id, {"succeeded"}, 5)["total_steps"]
-        assert stack.eval_points(run_id) == {step: 6 for step in eval_steps(total_steps, 1, 0.5)}
+        assert stack.eval_points(run_id) == {step: 6 for step in eval_schedule(total_steps, 1, 0.5)}
 
 
 def dropped_tasks(stack: Any) -> int:

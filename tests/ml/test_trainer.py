@@ -11,7 +11,7 @@ from ml.batching import BatchLoader, augment_batch, normalize
 from ml.config import ConfigError, TrainConfig, from_dict
 from ml.models import build_model, get_spec
 from ml.trainer import (
-    CHECKPOINT_KEYS, Callback, build_optimizer, build_scheduler, eval_steps, load_checkpoint,
+    CHECKPOINT_KEYS, Callback, build_optimizer, build_scheduler, eval_schedule, load_checkpoint,
     model_from_checkpoint, should_stop_early, train,
 )
 
@@ -117,11 +117,11 @@ def test_optimizers_follow_config():
 
 # ------------------------------------------------------------- protocol ---
 
-def test_eval_steps_every_half_epoch_and_before_training():
-    assert eval_steps(10, 2, 0.5) == [0, 5, 10, 15, 20]
-    assert eval_steps(7, 1, 0.5) == [0, 4, 7]
-    assert eval_steps(5, 2, 0.5) == [0, 3, 5, 8, 10]  # halves round up, consistently
-    assert eval_steps(10, 1, 1.0) == [0, 10]
+def test_eval_schedule_every_half_epoch_and_before_training():
+    assert sorted(eval_schedule(10, 2, 0.5)) == [0, 5, 10, 15, 20]
+    assert sorted(eval_schedule(7, 1, 0.5)) == [0, 4, 7]
+    assert sorted(eval_schedule(5, 2, 0.5)) == [0, 3, 5, 8, 10]  # halves round up, consistently
+    assert sorted(eval_schedule(10, 1, 1.0)) == [0, 10]
 
 
 def test_train_reports_through_callbacks(synthetic_splits):

@@ -38,8 +38,8 @@ class Seeder:
             best_metrics: dict[str, float] | None = None, error: str | None = None) -> int:
         """A run in `status` with `points` steps of train/loss, train/lr and (every 10th) val/acc, val/loss."""
         with Session(self.engine) as session:
-            run = runs.create_run(session=session, settings=self.settings, run_in=RunCreate(
-                model=model, name=name, tags=tags or [], notes=notes, hyperparameters=hyperparameters or {}))
+            [run] = runs.create_runs(session=session, settings=self.settings, runs_in=[RunCreate(
+                model=model, name=name, tags=tags or [], notes=notes, hyperparameters=hyperparameters or {})])
             run_id = run.id
             if status == RunStatus.queued:
                 return run_id

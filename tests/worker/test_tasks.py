@@ -14,7 +14,7 @@ from sqlmodel import Session
 from app.core.db import get_engine
 from app.services import lifecycle
 from app.services.runs import request_cancel
-from ml.trainer import eval_steps as scheduled_evals
+from ml.trainer import eval_schedule
 from worker import tasks, training
 from worker.tasks import train_run
 
@@ -33,7 +33,7 @@ def eval_steps(points) -> Counter:
 
 def every_evaluation(run, epochs: int) -> dict[int, int]:
     """Six points at each step the trainer's schedule evaluates, for the run's actual length."""
-    return {step: 6 for step in scheduled_evals(run.total_steps // epochs, epochs, TINY["eval_every"])}
+    return {step: 6 for step in eval_schedule(run.total_steps // epochs, epochs, TINY["eval_every"])}
 
 
 def evaluated_after_step_0(points) -> bool:

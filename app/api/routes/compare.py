@@ -3,7 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import SessionDep
-from app.core.security import parse_id
+from app.core.security import parse_id_list
 from app.models import ComparePublic
 from app.services import runs
 from app.services.errors import InvalidInput
@@ -12,10 +12,10 @@ router = APIRouter(tags=["compare"])
 
 
 def _parse_ids(ids: str) -> list[int]:
-    parsed = [parse_id(part) for part in ids.split(",") if part.strip()]
-    if any(run_id is None for run_id in parsed):
+    parsed = parse_id_list([ids])
+    if parsed is None:
         raise InvalidInput([(("ids",), "must be comma-separated run ids, e.g. 1,2,3")])
-    return [run_id for run_id in parsed if run_id is not None]
+    return parsed
 
 
 @router.get("/compare", response_model=ComparePublic)

@@ -3,6 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 
 from app.api.deps import SessionDep, SettingsDep, TokenDep
+from app.core.guards import declared_length
 from app.models import DatasetPublic, DatasetsPublic
 from app.services import dataset_uploads, datasets
 
@@ -50,11 +51,9 @@ async def upload_dataset(request: Request, settings: SettingsDep,
     checked in the background; GET /api/datasets/{name} shows the progress, and
     "failed" with the reason (an unsafe member, a bad layout, a corrupt image by name).
     """
-    declared = request.headers.get("content-length")
     try:
         await dataset_uploads.receive(request.stream(), settings=settings, name=name,
-                                      declared_length=int(declared) if declared and declared.isascii()
-                                      and declared.isdigit() else None)
+                                      declared_length=declared_length(request.headers.get("content-length")))
     except dataset_uploads.UploadTooLarge as err:
         raise HTTPException(status_code=413, detail=str(err)) from None
     dataset_uploads.start_processing(settings=settings, name=name)
