@@ -168,21 +168,19 @@ def activation_png(result: ActivationsPublic, layer: Literal["input", "first", "
     return base64.b64decode(uri.split(",", 1)[1])
 
 
-def check_upload(data: bytes, max_bytes: int) -> None:
-    """Refuse by size (413) or by the first bytes (415) before any decoder sees the data."""
-    if len(data) > max_bytes:
-        raise UploadRejected(413, f"The file is larger than {max_bytes / 2**20:.0f} MB; "
-                                  f"upload a smaller PNG, JPEG or WebP image.")
+def check_upload(data: bytes) -> None:
+    """Refuse by the first bytes (415) before any decoder sees the data. Its size was held to
+    MAX_UPLOAD_BYTES while it streamed in (app/api/routes/visualize.py)."""
     if data and not any(data[offset:offset + len(magic)] == magic for magic, offset in _MAGIC):
         raise UploadRejected(415, "This file is not a PNG, JPEG or WebP image; upload one of those formats.")
 
 
 def upload_activations(*, session: Session, run_id: int, settings: Settings, data: bytes) -> ActivationsPublic:
     """Figs 3.4–3.6 for an uploaded image, computed in memory (never cached, never written)."""
-    from ml.visualize import MAX_UPLOAD_BYTES, ImageRejected, load_image
+    from ml.visualize import ImageRejected, load_image
 
     ref = viz_cache.checkpoint_of(session=session, run_id=run_id, settings=settings)
-    check_upload(data, MAX_UPLOAD_BYTES)
+    check_upload(data)
     try:
         image = load_image(data)
     except ImageRejected as err:  # truncated, corrupt, too many pixels, an unaccepted variant

@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from app.core.lru import LoadingLRU
 from app.models import Run
 from app.services import runs
 from app.services.errors import CheckpointUnreadable, NoCheckpointYet
+from ml.files import atomic_write
 
 if TYPE_CHECKING:  # torch loads lazily: the web app starts without it
     from torch import nn
@@ -129,17 +128,11 @@ def keep_newest_files(folder: Path, max_files: int) -> None:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     """Readers never see half a file; a read-only artifacts folder only costs the cache."""
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as out:
+        with atomic_write(path) as out:
             out.write(data)
-        os.replace(tmp, path)
     except OSError as err:
         log.warning("cannot cache %s (%s); it is computed again next time", path, err)
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _remove_stale_folders(current: Path) -> None:

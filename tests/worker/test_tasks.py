@@ -161,7 +161,7 @@ def test_train_run_redelivered_run_resumes_from_checkpoint(db, cifar_subset: Pat
 
 @pytest.mark.parametrize("queued_at", ["2000-01-01T00:00:00+00:00", "not a time"])
 def test_train_run_queued_for_another_run_is_dropped(db, queued_at: str) -> None:
-    run_id = db.queue({"kind": "cifar10"}, **TINY)
+    run_id = db.queue({"name": "cifar10-sample"}, **TINY)
 
     assert train_run(run_id, queued_at=queued_at) == "skipped"
 
@@ -170,7 +170,7 @@ def test_train_run_queued_for_another_run_is_dropped(db, queued_at: str) -> None
 
 
 def test_train_run_with_its_own_queued_at_is_claimed(db, monkeypatch: pytest.MonkeyPatch) -> None:
-    run_id = db.queue({"kind": "cifar10"}, **TINY)
+    run_id = db.queue({"name": "cifar10-sample"}, **TINY)
     claimed: list[int] = []
     monkeypatch.setattr(tasks, "train_in_child", lambda run_id, *args, **kwargs: claimed.append(run_id) or "done")
 
