@@ -190,22 +190,25 @@ def _stop_worker_heartbeat(**_: Any) -> None:
 
 
 def device_and_precision() -> tuple[str | None, str | None]:
-    """What this worker trains on, for /workers: e.g. ("cuda:0 NVIDIA H200", "bf16 autocast") or
-    ("cpu, 2 threads", "fp32"). Runs with amp=false train in fp32 on CUDA too."""
+    """What this worker trains on, for /workers: e.g. ("cuda:0 NVIDIA H200", "bf16 + channels_last (…)")
+    or ("cpu, 2 threads", "bf16 + channels_last (the CPU computes bf16 natively (AVX512-BF16))"): the
+    precision a run gets by default (ml.precision, as the trainer chooses it); amp=false runs train in fp32."""
     try:
         import torch
 
+        from ml.precision import choose_precision
         from ml.trainer import resolve_device
 
         device = resolve_device("auto")
+        precision = choose_precision(device, True).describe()
         if device.type == "cuda":
             index = torch.cuda.current_device()
             name = f"cuda:{index} {torch.cuda.get_device_name(index)}"
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
             if visible:  # a worker pinned to one GPU of several: say which physical one
                 name += f" (CUDA_VISIBLE_DEVICES={visible})"
-            return name, "bf16 autocast"
-        return f"cpu, {torch.get_num_threads()} threads", "fp32"
+            return name, precision
+        return f"cpu, {torch.get_num_threads()} threads", precision
     except Exception as err:  # a broken CUDA setup must not keep the worker from reporting itself
         log.warning("could not describe the training device: %s: %s", type(err).__name__, err)
         return None, None

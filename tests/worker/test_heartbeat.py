@@ -146,3 +146,15 @@ def test_worker_healthcheck_follows_this_hosts_heartbeat(db) -> None:
     finally:
         beat.stop()
     assert healthcheck.main() == 1
+
+
+def test_device_and_precision_reports_what_the_trainer_chooses() -> None:
+    """/workers shows the precision a default run gets on this worker (not a fixed "fp32" on CPU)."""
+    import torch
+
+    from ml.precision import choose_precision
+    from worker.heartbeat import device_and_precision
+
+    device, precision = device_and_precision()
+    assert device == f"cpu, {torch.get_num_threads()} threads"
+    assert precision == choose_precision(torch.device("cpu"), True).describe()
