@@ -243,7 +243,8 @@ def jpeg_reference_table() -> dict[str, dict[str, float]]:
 
 def test_report_cites_the_jpeg_reference_in_the_projects_docs(client: Any) -> None:
     page = client.get("/report").text
-    assert "shared/datasets" not in page and "docs/benchmarks.md" in page
+    # Only the project's own docs are cited: no file outside the repository (a path going up).
+    assert "docs/benchmarks.md" in page and "../" not in page and "README.md" not in page
     table = jpeg_reference_table()
     # The figures the report compares against are the ones the docs print (net2: the study's Linear-only init).
     rows = {"task1": table["task1"], "net1": table["net1, Xavier on all layers"],

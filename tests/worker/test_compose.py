@@ -1,7 +1,7 @@
 """The container stack, checked without containers: what `docker compose up` needs from this repository.
 
 The real check builds the images and trains a run through the containerised API
-(`SCALE=2 ../shared/compose-offline/check.sh`, podman, ~8 min the first time): too slow
+(the compose-offline `check.sh` beside the checkout with SCALE=2, podman, ~8 min the first time): too slow
 and too privileged for CI. These tests keep what it showed true between its runs:
 every command and healthcheck starts something that exists, every variable is one
 Settings reads, web and workers see the same datasets and artifacts, the images can be
