@@ -56,10 +56,14 @@ class Precision:
     def make_scaler(self) -> torch.amp.GradScaler | None:
         return torch.amp.GradScaler(self.device_type) if self.grad_scaler else None
 
-    def describe(self) -> str:
+    def label(self) -> str:
+        """Short, e.g. "bf16 + channels_last" (fits worker_heartbeat.precision, 64 characters)."""
         layout = " + channels_last" if self.channels_last else ""
         scaler = " + gradient scaler" if self.grad_scaler else ""
-        return f"{self.name}{layout}{scaler} ({self.reason})"
+        return f"{self.name}{layout}{scaler}"
+
+    def describe(self) -> str:
+        return f"{self.label()} ({self.reason})"
 
 
 FP32_CPU = Precision("fp32", "cpu", channels_last=False, grad_scaler=False, reason="default")

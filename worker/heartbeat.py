@@ -190,9 +190,9 @@ def _stop_worker_heartbeat(**_: Any) -> None:
 
 
 def device_and_precision() -> tuple[str | None, str | None]:
-    """What this worker trains on, for /workers: e.g. ("cuda:0 NVIDIA H200", "bf16 + channels_last (…)")
-    or ("cpu, 2 threads", "bf16 + channels_last (the CPU computes bf16 natively (AVX512-BF16))"): the
-    precision a run gets by default (ml.precision, as the trainer chooses it); amp=false runs train in fp32."""
+    """What this worker trains on, for /workers: e.g. ("cuda:0 NVIDIA H200", "bf16 + channels_last") or
+    ("cpu, 2 threads", "fp32"): the precision a run gets by default (ml.precision, as the trainer
+    chooses it); amp=false runs train in fp32."""
     try:
         import torch
 
@@ -200,7 +200,7 @@ def device_and_precision() -> tuple[str | None, str | None]:
         from ml.trainer import resolve_device
 
         device = resolve_device("auto")
-        precision = choose_precision(device, True).describe()
+        precision = choose_precision(device, True).label()
         if device.type == "cuda":
             index = torch.cuda.current_device()
             name = f"cuda:{index} {torch.cuda.get_device_name(index)}"

@@ -157,4 +157,5 @@ def test_device_and_precision_reports_what_the_trainer_chooses() -> None:
 
     device, precision = device_and_precision()
     assert device == f"cpu, {torch.get_num_threads()} threads"
-    assert precision == choose_precision(torch.device("cpu"), True).describe()
+    assert precision == choose_precision(torch.device("cpu"), True).label()
+    assert len(precision) <= 64  # worker_heartbeat.precision is VARCHAR(64) on PostgreSQL
