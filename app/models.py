@@ -412,10 +412,30 @@ class CompareRow(SQLModel):
     best_metrics: dict[str, Any]
 
 
+class MetricSummary(SQLModel):
+    """One metric over the runs of a group (app/services/stats.Summary)."""
+
+    mean: float | None = Field(description="Mean of the runs' finite values; null when none has one")
+    std: float | None = Field(description="Sample standard deviation (n − 1); null below two values")
+    n: int = Field(description="Runs with a finite value of this metric")
+
+
+class CompareGroup(SQLModel):
+    value: Any = Field(description="The group_by setting's value that these runs share")
+    run_ids: list[int] = Field(description="In the order the runs were asked for")
+    n: int = Field(description="Runs in the group")
+    summaries: dict[str, MetricSummary] = Field(
+        description="Per table metric (train/loss, val/loss, train/acc, val/acc, test/acc): the mean ± std of "
+                    "the runs' final values")
+
+
 class ComparePublic(SQLModel):
     runs: list[CompareRow]
     differing: list[str] = Field(description="Hyperparameters whose values differ between the runs")
     metric_names: list[str]
+    group_by: str | None = Field(default=None, description="The setting the runs are grouped by, if any")
+    groups: list[CompareGroup] = Field(
+        default_factory=list, description="With group_by: one group per value, in the order of its first run")
 
 
 # ------------------------------------------------------------------- datasets ---

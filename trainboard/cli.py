@@ -12,7 +12,7 @@ import argparse
 import csv
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 from trainboard.client import ApiError, Client, Run, TrainboardError
@@ -64,6 +64,8 @@ def add_runs_command(sub: argparse._SubParsersAction) -> None:
 
     compare = commands.add_parser("compare", help="runs side by side: differing settings and metrics")
     compare.add_argument("run_ids", type=int, nargs="+")
+    compare.add_argument("--group-by", metavar="KEY",
+                         help="also a mean ± std (n) table per value of KEY: model or a setting that differs, e.g. lr")
     compare.set_defaults(runs_func=cmd_compare)
 
     export = commands.add_parser("export", help="a run's metrics as CSV (name,step,epoch,time,value) or JSON")
@@ -222,7 +224,7 @@ def _progress(run: Run) -> str:
 
 
 def cmd_compare(client: Client, args: argparse.Namespace) -> int:
-    comparison = client.compare(args.run_ids)
+    comparison = client.compare(args.run_ids, group_by=args.group_by)
     runs = comparison["runs"]
     headers = ["", *(f"run {run['id']}" for run in runs)]
     rows = [["name", *(run["name"] for run in runs)], ["model", *(run["model"] for run in runs)],
@@ -238,7 +240,31 @@ def cmd_compare(client: Client, args: argparse.Namespace) -> int:
         rows.append([name, *(format_metric(name, run["final_metrics"].get(name, run["best_metrics"].get(name)))
                              for run in runs)])
     print(format_table(headers, rows))
+    if comparison.get("groups"):  # a server older than group_by sends no groups: the table above is all
+        print(f"\nmean ± std (n) by {comparison['group_by']}")
+        print(format_groups(comparison["group_by"], comparison["groups"]))
     return 0
+
+
+def format_groups(group_by: str, groups: Sequence[dict[str, Any]]) -> str:
+    """One column per group (as the per-run table has one per run): its runs, then each metric's
+    mean ± std (n) over them; metrics that no run of any group has are left out."""
+    headers = ["", *(f"{group_by}={_text(group['value'])}" for group in groups)]
+    # "#1 #2" as the page writes them; "1,2" would read as a number and be right-aligned.
+    rows = [["runs", *(" ".join(f"#{run_id}" for run_id in group["run_ids"]) for group in groups)]]
+    names = list(dict.fromkeys(name for group in groups for name in group["summaries"]))
+    for name in names:
+        if any(group["summaries"].get(name, {}).get("n") for group in groups):
+            rows.append([name, *(format_mean_std(name, group["summaries"].get(name, {})) for group in groups)])
+    return format_table(headers, rows)
+
+
+def format_mean_std(name: str, summary: Mapping[str, Any]) -> str:
+    """{"mean", "std", "n"} → "71.00% ± 1.41% (2)"; one value has no std: "60.00% (1)"; none: ""."""
+    if summary.get("mean") is None:
+        return ""
+    spread = f" ± {format_metric(name, summary['std'])}" if summary.get("std") is not None else ""
+    return f"{format_metric(name, summary['mean'])}{spread} ({summary.get('n', 0)})"
 
 
 def _setting(run: dict[str, Any], key: str) -> str:
@@ -247,7 +273,12 @@ def _setting(run: dict[str, Any], key: str) -> str:
         value = run.get("dataset", {}).get(key.removeprefix("dataset."))
     else:
         value = run["hyperparameters"].get(key)
-    return "" if value is None else value if isinstance(value, str) else json.dumps(value)
+    return "" if value is None else _text(value)
+
+
+def _text(value: Any) -> str:
+    """A setting's value as the tables show it: strings as they are, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

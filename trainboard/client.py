@@ -293,9 +293,18 @@ class Client:
                                        item.get("downsampled", False)) for item in body["series"]}
         return Metrics(run_id, series)
 
-    def compare(self, run_ids: Sequence[int]) -> dict[str, Any]:
-        """Runs side by side: {"runs": [...], "differing": [hyperparameters that differ], "metric_names"}."""
-        return self._request("GET", "/compare", params={"ids": ",".join(map(str, run_ids))}).json()
+    def compare(self, run_ids: Sequence[int], group_by: str | None = None) -> dict[str, Any]:
+        """Runs side by side: {"runs": [...], "differing": [hyperparameters that differ], "metric_names",
+        "group_by", "groups"}.
+
+        With `group_by` ("model" or a setting in "differing", e.g. "lr"), "groups" has one entry per
+        value: {"value", "run_ids", "n", "summaries": {metric: {"mean", "std", "n"}}}, std being None
+        below two values; without it, "groups" is empty. Any other group_by is an ApiError 422.
+        """
+        params = {"ids": ",".join(map(str, run_ids))}
+        if group_by:
+            params["group_by"] = group_by
+        return self._request("GET", "/compare", params=params).json()
 
     def download_checkpoint(self, run_id: int, path: str | os.PathLike[str]) -> Path:
         """Save the run's last checkpoint to `path` (a file, or a folder to put run-<id>-checkpoint.pt in).

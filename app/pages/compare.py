@@ -7,7 +7,8 @@ metric, the x axis and the EMA smoothing in the browser.
 
 With ?group_by=<setting> (model, lr, …) the runs that share that setting's value
 form one group, typically the seeds of one configuration: the table shows each
-group's mean ± std, and the curves each group's mean with a ± std band.
+group's mean ± std, and the curves each group's mean with a ± std band. The groups
+come from app/services/grouping.py, as GET /api/compare?group_by= does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, status
@@ -28,12 +29,12 @@ from app.models import Run
 from app.pages import charts
 from app.pages.common import not_found
 from app.pages.templating import fmt_value, render
-from app.services import metrics, runs, stats
+from app.services import metrics, runs
 from app.services.errors import InvalidInput, NotFound
+from app.services.grouping import TABLE_METRICS, RunGroup, grouping_keys, setting_of
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
-TABLE_METRICS = ("train/loss", "val/loss", "train/acc", "val/acc", "test/acc")
 DEFAULT_METRICS = ("val/acc", "val/loss", "train/loss")
 # Per series and run: with 10 runs and ~8 series each, the page stays around a megabyte.
 COMPARE_MAX_POINTS = 600
@@ -51,43 +52,12 @@ def parse_ids(raw_values: list[str]) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def setting_of(run: Run, key: str) -> Any:
-    """A value by the keys compare_runs uses: "model", "dataset.<key>" or a hyperparameter."""
-    if key == "model":
-        return run.model
-    if key.startswith("dataset."):
-        return run.dataset.get(key.removeprefix("dataset."))
-    return run.hyperparameters.get(key)
-
-
-def _group_key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-@dataclass(frozen=True)
-class RunGroup:
-    """Runs that share one value of the grouping setting, and their final metrics' mean ± std."""
-
-    value: Any
-    runs: list[Run]
-    summaries: dict[str, stats.Summary]
-
-
-def group_runs(runs_: list[Run], key: str) -> list[RunGroup]:
-    """Groups by setting `key`, in the order their first run is listed."""
-    members: dict[str, list[Run]] = {}
-    for run in runs_:
-        members.setdefault(_group_key(setting_of(run, key)), []).append(run)
-    return [RunGroup(setting_of(group[0], key), group,
-                     {metric: stats.summarize(run.final_metrics.get(metric) for run in group)
-                      for metric in TABLE_METRICS})
-            for group in members.values()]
-
-
 @dataclass(frozen=True)
 class Comparison:
     runs: list[Run]
     differing: list[str]
+    group_by: str | None = None
+    groups: list[RunGroup] = field(default_factory=list)
 
     def rows(self) -> list[dict[str, Any]]:
         """One flat row per run: identity, final metrics, then the differing settings (for exports)."""
@@ -98,32 +68,22 @@ class Comparison:
         } for run in self.runs]
 
 
-def load_comparison(session: Session, ids: list[int]) -> Comparison:
+def load_comparison(session: Session, ids: list[int], group_by: str | None = None) -> Comparison:
+    """The runs, grouped by `group_by` when given (empty means no grouping); an unknown run is a 404,
+    too many runs or an unknown group_by a 400."""
     try:
-        result = runs.compare_runs(session=session, run_ids=ids)
+        result = runs.compare_runs(session=session, run_ids=ids, group_by=group_by)
     except NotFound as err:
         raise not_found(str(err)) from None
     except InvalidInput as err:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "; ".join(message for _, message in err.errors)) from None
-    return Comparison(runs=result["runs"], differing=result["differing"])
+        # With the field named: "group_by: must be one of: model, lr".
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(err)) from None
+    return Comparison(runs=result["runs"], differing=result["differing"], group_by=result["group_by"],
+                      groups=result["groups"])
 
 
 def _default_metric(names: list[str]) -> str:
     return next((name for name in DEFAULT_METRICS if name in names), names[0] if names else "val/acc")
-
-
-def grouping_keys(comparison: Comparison) -> list[str]:
-    return ["model", *(key for key in comparison.differing if key != "model")]
-
-
-def parse_group_by(raw: str | None, comparison: Comparison) -> str | None:
-    """The setting to group by: empty means none; anything but a grouping key is a 400."""
-    if not raw:
-        return None
-    keys = grouping_keys(comparison)
-    if raw not in keys:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"group_by must be one of: {', '.join(keys)}")
-    return raw
 
 
 def with_switch_labels(figure_json: str, metric_names: list[str]) -> str:
@@ -137,7 +97,7 @@ def with_switch_labels(figure_json: str, metric_names: list[str]) -> str:
     return json.dumps(figure, separators=(",", ":"), allow_nan=False)
 
 
-def compare_page_context(session: Session, comparison: Comparison, group_by: str | None = None) -> dict[str, Any]:
+def compare_page_context(session: Session, comparison: Comparison) -> dict[str, Any]:
     # read_metrics commits, which would expire the loaded runs and reload each one on next use.
     for run in comparison.runs:
         session.expunge(run)
@@ -151,7 +111,7 @@ def compare_page_context(session: Session, comparison: Comparison, group_by: str
          for run in comparison.runs],
         keys[:MAX_PARCOORDS_DIMENSIONS],
     )
-    groups = group_runs(comparison.runs, group_by) if group_by else []
+    group_by, groups = comparison.group_by, comparison.groups
     if groups:
         curves = charts.group_bands_figure(
             [(f"{group_by}={fmt_value(group.value)}", [series_by_run[run.id] for run in group.runs])
@@ -162,7 +122,7 @@ def compare_page_context(session: Session, comparison: Comparison, group_by: str
         "comparison": comparison,
         "group_by": group_by,
         "groups": groups,
-        "grouping_keys": grouping_keys(comparison),
+        "grouping_keys": grouping_keys(comparison.differing),
         "table_metrics": TABLE_METRICS,
         "setting_of": setting_of,
         "metric_names": metric_names,
@@ -181,9 +141,8 @@ def compare_page(request: Request, session: SessionDep) -> HTMLResponse:
     ids = parse_ids(request.query_params.getlist("ids"))
     if not ids:
         return render(request, "compare.html", {"comparison": None}, active="compare")
-    comparison = load_comparison(session, ids)
-    group_by = parse_group_by(request.query_params.get("group_by"), comparison)
-    return render(request, "compare.html", compare_page_context(session, comparison, group_by), active="compare")
+    comparison = load_comparison(session, ids, request.query_params.get("group_by"))
+    return render(request, "compare.html", compare_page_context(session, comparison), active="compare")
 
 
 # -------------------------------------------------------------------- exports ---

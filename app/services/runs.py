@@ -38,6 +38,7 @@ from app.models import (
     RunUpdate,
     SweepCreate,
 )
+from app.services import grouping
 from app.services.dispatch import dispatch_train_runs
 from app.services.errors import Conflict, Forbidden, InvalidInput, Loc, NotFound
 from app.services.run_config import resolve_run_config, run_request_of
@@ -369,8 +370,13 @@ def checkpoint_file(*, session: Session, run_id: int, settings: Settings | None 
 
 # -------------------------------------------------------------- comparing ---
 
-def compare_runs(*, session: Session, run_ids: Sequence[int]) -> dict[str, Any]:
-    """Runs side by side: their hyperparameters, which of those differ, and their metrics."""
+def compare_runs(*, session: Session, run_ids: Sequence[int], group_by: str | None = None) -> dict[str, Any]:
+    """Runs side by side: their hyperparameters, which of those differ, and their metrics.
+
+    With `group_by` ("model" or a differing setting, grouping.grouping_keys), also the runs grouped
+    by that setting's value with their final metrics' mean ± std (grouping.RunGroup); any other
+    value is an InvalidInput on group_by.
+    """
     if not run_ids:
         raise InvalidInput([(("ids",), "give at least one run id")])
     if len(run_ids) > MAX_COMPARE:
@@ -388,4 +394,6 @@ def compare_runs(*, session: Session, run_ids: Sequence[int]) -> dict[str, Any]:
     differing = [key for key in keys
                  if len({json.dumps(values.get(key), sort_keys=True) for values in settings_of}) > 1]
     metric_names = sorted({name for run in runs for name in (*run.final_metrics, *run.best_metrics)})
-    return {"runs": runs, "differing": differing, "metric_names": metric_names}
+    group_by = grouping.check_group_by(group_by, differing)
+    groups = grouping.group_runs(runs, group_by) if group_by else []
+    return {"runs": runs, "differing": differing, "metric_names": metric_names, "group_by": group_by, "groups": groups}

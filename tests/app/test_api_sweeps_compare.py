@@ -95,3 +95,65 @@ def test_compare_bad_ids_422(client: TestClient, ids: str) -> None:
 
 def test_compare_requires_ids(client: TestClient) -> None:
     assert client.get("/api/compare").status_code == 422
+
+
+def seeded_runs(make_run: Callable[..., Run]) -> dict[str, int]:
+    """Three seeds' worth of runs with known final metrics: task1 at lr 0.1 (seeds 0, 1), task1 at
+    lr 0.01 (seed 0) and net2 at lr 0.1 (seed 0)."""
+    def run(name: str, model: str, lr: float, seed: int, val_acc: float, test_acc: float | None) -> int:
+        final = {"train/loss": 0.4, "val/acc": val_acc, **({"test/acc": test_acc} if test_acc is not None else {})}
+        return make_run(name=name, model=model, hyperparameters={"lr": lr, "batch_size": 64, "seed": seed},
+                        status=RunStatus.succeeded, final_metrics=final).id
+    return {"high0": run("high0", "task1", 0.1, 0, 0.70, 0.68), "low": run("low", "task1", 0.01, 0, 0.60, None),
+            "high1": run("high1", "task1", 0.1, 1, 0.72, 0.70), "net2": run("net2", "net2", 0.1, 0, 0.80, 0.79)}
+
+
+def test_compare_group_by_lr_means_the_seeds(client: TestClient, make_run: Callable[..., Run]) -> None:
+    ids = seeded_runs(make_run)
+    order = [ids["high0"], ids["low"], ids["high1"]]
+    body = client.get(f"/api/compare?ids={','.join(map(str, order))}&group_by=lr").json()
+    assert body["group_by"] == "lr" and [row["id"] for row in body["runs"]] == order  # the runs stay as they were
+    high, low = body["groups"]  # in the order of each group's first run
+    assert (high["value"], high["run_ids"], high["n"]) == (0.1, [ids["high0"], ids["high1"]], 2)
+    assert high["summaries"]["val/acc"] == {"mean": pytest.approx(0.71), "std": pytest.approx(0.0141421356), "n": 2}
+    assert high["summaries"]["train/loss"] == {"mean": pytest.approx(0.4), "std": 0.0, "n": 2}
+    # One run has no spread to estimate, and a metric no run has is no zero.
+    assert (low["value"], low["run_ids"], low["n"]) == (0.01, [ids["low"]], 1)
+    assert low["summaries"]["val/acc"] == {"mean": pytest.approx(0.6), "std": None, "n": 1}
+    assert low["summaries"]["test/acc"] == {"mean": None, "std": None, "n": 0}
+    assert set(high["summaries"]) == {"train/loss", "val/loss", "train/acc", "val/acc", "test/acc"}
+
+
+def test_compare_group_by_model_splits_by_preset(client: TestClient, make_run: Callable[..., Run]) -> None:
+    ids = seeded_runs(make_run)
+    order = [ids["net2"], ids["high0"], ids["high1"], ids["low"]]
+    body = client.get(f"/api/compare?ids={','.join(map(str, order))}&group_by=model").json()
+    assert [(group["value"], group["run_ids"]) for group in body["groups"]] == [
+        ("net2", [ids["net2"]]), ("task1", [ids["high0"], ids["high1"], ids["low"]])]
+    task1 = body["groups"][1]["summaries"]
+    assert task1["val/acc"]["mean"] == pytest.approx((0.70 + 0.72 + 0.60) / 3)
+    assert task1["test/acc"] == {"mean": pytest.approx(0.69), "std": pytest.approx(0.0141421356), "n": 2}
+
+
+def test_compare_group_by_model_when_every_run_shares_it(client: TestClient, make_run: Callable[..., Run]) -> None:
+    ids = seeded_runs(make_run)
+    body = client.get(f"/api/compare?ids={ids['high0']},{ids['high1']}&group_by=model").json()
+    assert "model" not in body["differing"]  # "model" is always a choice, even as one group
+    assert [(group["value"], group["n"]) for group in body["groups"]] == [("task1", 2)]
+
+
+@pytest.mark.parametrize("group_by", ["batch_size", "nope", "dataset.name"])
+def test_compare_group_by_unknown_setting_422(client: TestClient, make_run: Callable[..., Run], group_by: str) -> None:
+    """Only the model and the settings that differ group runs: batch_size is the same for all of them."""
+    ids = seeded_runs(make_run)
+    response = client.get(f"/api/compare?ids={ids['high0']},{ids['low']}&group_by={group_by}")
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["query", "group_by"] and error["msg"] == "must be one of: model, lr"
+
+
+@pytest.mark.parametrize("query", ["", "&group_by="])
+def test_compare_without_group_by_has_no_groups(client: TestClient, make_run: Callable[..., Run], query: str) -> None:
+    ids = seeded_runs(make_run)
+    body = client.get(f"/api/compare?ids={ids['high0']},{ids['high1']}{query}").json()
+    assert body["group_by"] is None and body["groups"] == []
