@@ -40,6 +40,10 @@ def point_count(stack: Any, run_id: int) -> int:
     return len(stack.point_ids(run_id))
 
 
+def comparison_ids(comparison: dict[str, Any]) -> list[int]:
+    return [row["id"] for row in comparison["runs"]]
+
+
 def test_client_launch_watch_compare_download_cancel_delete(embedded_stack: Any, cifar_subset: Path,
                                                              tmp_path: Path) -> None:
     stack = embedded_stack
@@ -79,6 +83,10 @@ def test_client_launch_watch_compare_download_cancel_delete(embedded_stack: Any,
         comparison = client.compare([run.id, *(r.id for r in swept)])
         assert comparison["differing"] == ["lr"]
         assert [row["hyperparameters"]["lr"] for row in comparison["runs"]] == [0.05, 0.02, 0.01]
+        grouped = client.compare([run.id, *(r.id for r in swept)], group_by="model")
+        assert [(g["value"], g["run_ids"], g["n"]) for g in grouped["groups"]] == [("task1", comparison_ids(comparison), 3)]
+        mean_val_acc = sum(row["final_metrics"]["val/acc"] for row in comparison["runs"]) / 3
+        assert grouped["groups"][0]["summaries"]["val/acc"]["mean"] == pytest.approx(mean_val_acc)
 
         listed = client.list_runs(status="succeeded", tag="client")
         assert listed.count == 3 and {r.id for r in listed.runs} == {run.id, *(r.id for r in swept)}
@@ -158,6 +166,9 @@ def test_cli_launch_watch_list_compare_export_cancel(embedded_stack: Any, cifar_
     lr_row = next(line for line in table if line.startswith("lr "))
     assert "0.05" in lr_row and "0.02" in lr_row
     assert any(line.startswith("test/acc") and line.count("%") == 2 for line in table)
+    assert run_cli("compare", str(first), str(second), "--group-by", "lr") == 0
+    grouped = capsys.readouterr().out
+    assert "mean ± std (n) by lr" in grouped and "(1)" in grouped
 
     csv_path = tmp_path / "metrics.csv"
     assert run_cli("export", str(first), "--format", "csv", "-o", str(csv_path)) == 0
