@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,29 @@ REPO = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TABLES = ("metric_point", "run_event", "worker_heartbeat", "run")
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float, what: str, *,
+               on_timeout: Callable[[], str] | None = None, poll_s: float = 0.25) -> float:
+    """Seconds until condition() held. After timeout_s the test fails with `what` and, when given,
+    what on_timeout() returns then (the logs of the processes under test, say)."""
+    began = time.monotonic()
+    while not condition():
+        if time.monotonic() - began > timeout_s:
+            detail = f"\n{on_timeout()}" if on_timeout is not None else ""
+            pytest.fail(f"{what}: not within {timeout_s} s{detail}")
+        time.sleep(poll_s)
+    return time.monotonic() - began
+
+
+@pytest.fixture(name="wait_until")
+def wait_until_fixture() -> Callable[..., float]:
+    """wait_until(condition, timeout_s, what, on_timeout=None, poll_s=0.25): the tests' one polling loop.
+
+    A fixture because a test module cannot import another module of tests/ (no packages,
+    --import-mode=importlib); tests/e2e/conftest.py hands it to its Stack the same way.
+    """
+    return wait_until
 
 
 def service_unavailable(service: str, error: object) -> None:

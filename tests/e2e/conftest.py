@@ -89,12 +89,18 @@ class Process:
 class Stack:
     """The web app and workers of one test, sharing one environment (database, broker, data dir)."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, engine: Engine) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, engine: Engine,
+                 wait_until: Callable[..., float]) -> None:
         self.env = env
         self.log_dir = log_dir
         self.engine = engine  # for the test's own checks of what is in the database
         self.processes: list[Process] = []
         self.base_url = ""
+        self._wait_until = wait_until  # tests/conftest.py's, so that every test polls the same way
+
+    def wait_until(self, condition: Callable[[], object], timeout_s: float, what: str) -> float:
+        """Seconds until condition() held; after timeout_s the test fails with `what` and every log."""
+        return self._wait_until(condition, timeout_s, what, on_timeout=self.logs)
 
     def start(self, name: str, argv: list[str], **env: str) -> Process:
         process = Process(name, argv, {**self.env, **env}, self.log_dir)
@@ -183,10 +189,11 @@ def base_env(data_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def embedded_stack(tmp_path: Path) -> Iterator[Stack]:
+def embedded_stack(tmp_path: Path, wait_until: Callable[..., float]) -> Iterator[Stack]:
     """SQLite in DATA_DIR and Kombu's filesystem broker: no server at all."""
     data_dir = tmp_path / "data"
-    stack = Stack(base_env(data_dir), tmp_path, create_engine(f"sqlite:///{data_dir / 'trainboard.db'}"))
+    stack = Stack(base_env(data_dir), tmp_path, create_engine(f"sqlite:///{data_dir / 'trainboard.db'}"),
+                  wait_until)
     yield stack
     stack.stop()
 
@@ -226,10 +233,11 @@ def redis_broker_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def server_stack(tmp_path: Path, postgres_database_url: str, redis_broker_url: str) -> Iterator[Stack]:
+def server_stack(tmp_path: Path, postgres_database_url: str, redis_broker_url: str,
+                 wait_until: Callable[..., float]) -> Iterator[Stack]:
     """The docker-compose shape: PostgreSQL and Redis."""
     env = base_env(tmp_path / "data")
     env.update(DATABASE_URL=postgres_database_url, BROKER_URL=redis_broker_url)
-    stack = Stack(env, tmp_path, create_engine(postgres_database_url))
+    stack = Stack(env, tmp_path, create_engine(postgres_database_url), wait_until)
     yield stack
     stack.stop()

@@ -76,10 +76,8 @@ def test_e2e_worker_killed_mid_run_is_marked_lost_and_keeps_metrics(embedded_sta
     worker = stack.start_worker()
     stack.wait_healthy(lambda health: health["workers"] >= 1)
     run_id = launch(stack, cifar_subset, epochs=20)
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not evaluated_after_step_0(stack, run_id):  # the second evaluation is durable
-        assert time.monotonic() < deadline, f"no second evaluation\n{stack.logs()}"
-        time.sleep(0.2)
+    stack.wait_until(lambda: evaluated_after_step_0(stack, run_id), RUN_TIMEOUT_S,
+                     "a second evaluation written (the metrics the kill must not lose)")
 
     before_kill = stack.point_ids(run_id)
     worker.kill_group()  # SIGKILL: no shutdown hook, no last write
@@ -109,28 +107,19 @@ def events(stack: Any, run_id: int) -> list[tuple[str, str]]:
             text("SELECT kind, message FROM run_event WHERE run_id = :id ORDER BY id"), {"id": run_id})]
 
 
-def wait_until(condition: Any, timeout_s: float, what: str, stack: Any) -> float:
-    began = time.monotonic()
-    while not condition():
-        if time.monotonic() - began > timeout_s:
-            pytest.fail(f"{what}: not within {timeout_s} s\n{stack.logs()}")
-        time.sleep(0.25)
-    return time.monotonic() - began
-
-
 def assert_hung_run_cancel_is_forced_and_next_run_starts(stack: Any, dataset_root: Path) -> None:
     stack.start_web()
     stack.start_worker()  # as compose runs it: `celery -A worker.celery_app worker --pool=solo`
     stack.wait_healthy(lambda health: health["workers"] >= 1)
     hung, following = launch(stack, dataset_root, epochs=20), launch(stack, dataset_root)
-    wait_until(lambda: run_row(stack, hung)["step"] >= 2, RUN_TIMEOUT_S, "the step that hangs", stack)
+    stack.wait_until(lambda: run_row(stack, hung)["step"] >= 2, RUN_TIMEOUT_S, "the step that hangs")
     time.sleep(1)
     assert run_row(stack, hung)["status"] == "running" and run_row(stack, following)["status"] == "queued"
 
     with stack.api() as api:
         assert api.post(f"/api/runs/{hung}/cancel").status_code == 202
     cancelled_at = time.monotonic()
-    wait_until(lambda: run_row(stack, following)["status"] != "queued", 60, "the next run starts", stack)
+    stack.wait_until(lambda: run_row(stack, following)["status"] != "queued", 60, "the next run starts")
 
     assert time.monotonic() - cancelled_at < 60
     assert run_row(stack, hung)["status"] == "cancelled"
@@ -177,7 +166,7 @@ def test_e2e_two_workers_never_train_the_same_run(server_stack: Any, cifar_subse
     for run_id in run_ids:
         run = stack.wait_for_status(run_id, {"succeeded", "failed", "cancelled"}, RUN_TIMEOUT_S * 2)
         assert run["status"] == "succeeded", f"{run['error']}\n{stack.logs()}"
-    wait_until(lambda: dropped_tasks(stack) == 4, 60, "every duplicate dropped", stack)
+    stack.wait_until(lambda: dropped_tasks(stack) == 4, 60, "every duplicate dropped")
     for run_id in run_ids:
         kinds = [kind for kind, _ in events(stack, run_id)]
         assert kinds.count("started") == 1 and "resumed" not in kinds, kinds

@@ -83,13 +83,6 @@ def test_scale_out_sweep_of_four_uses_both_workers_and_trains_each_run_once(serv
         assert {run["id"] for worker in fleet for run in worker["finished_runs"]} == {run.id for run in runs}
 
 
-def wait_until(condition: Any, timeout_s: float, message: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.2)
-
-
 def test_scale_out_killed_worker_fails_its_run_while_the_other_keeps_training(server_stack: Any,
                                                                                cifar_subset: Path) -> None:
     stack = server_stack
@@ -103,7 +96,7 @@ def test_scale_out_killed_worker_fails_its_run_while_the_other_keeps_training(se
             runs = [client.get_run(run.id) for run in launched]
             return all(run.status == "running" and run.step > 0 for run in runs)
 
-        wait_until(both_training, RUN_TIMEOUT_S, f"both runs should be training\n{stack.logs()}")
+        stack.wait_until(both_training, RUN_TIMEOUT_S, "both runs should be training")
         on_a: Run = next(run for run in map(client.get_run, (r.id for r in launched))
                          if run.worker_host.startswith("worker-a-"))
         on_b: Run = next(run for run in map(client.get_run, (r.id for r in launched)) if run.id != on_a.id)
@@ -117,14 +110,14 @@ def test_scale_out_killed_worker_fails_its_run_while_the_other_keeps_training(se
         assert lost.status == "failed" and lost.error.startswith("worker lost"), lost
         assert failed_after_s <= HEARTBEAT_TIMEOUT_S + 10, f"failed {failed_after_s:.1f} s after the kill"
         survivor_step = client.get_run(on_b.id).step
-        wait_until(lambda: client.get_run(on_b.id).step > survivor_step, 60,
-                   f"worker b stopped training after worker a died\n{stack.logs()}")
+        stack.wait_until(lambda: client.get_run(on_b.id).step > survivor_step, 60,
+                         "worker b stopped training after worker a died")
         assert client.get_run(on_b.id).status == "running"
 
         def fleet() -> dict[str, dict[str, Any]]:
             return {worker["hostname"].split("-")[1]: worker for worker in client.workers()}
 
-        wait_until(lambda: fleet()["a"]["lost"], 30, f"worker a should be listed as lost: {fleet()}")
+        stack.wait_until(lambda: fleet()["a"]["lost"], 30, "worker a should be listed as lost")
         workers = fleet()
         assert workers["a"]["current_run"] is None
         assert on_a.id in {run["id"] for run in workers["a"]["finished_runs"]}

@@ -78,10 +78,7 @@ def test_serve_sigint_mid_training_stops_the_run_and_both_processes(embedded_sta
             "hyperparameters": {"epochs": 50, "batch_size": 64, "eval_every": 0.5, "early_stop_count": 0}})
     assert response.status_code == 201, response.text
     run_id = response.json()["id"]
-    deadline = time.monotonic() + 90
-    while stack.eval_points(run_id).get(0) != 6:  # training has started
-        assert time.monotonic() < deadline, stack.logs()
-        time.sleep(0.2)
+    stack.wait_until(lambda: stack.eval_points(run_id).get(0) == 6, 90, "training started (step 0 evaluated)")
 
     ctrl_c_and_wait(serve, worker_pid)  # a warm shutdown does not wait for the 50 epochs
 
@@ -112,16 +109,6 @@ def run_row(stack: Any, run_id: int) -> dict[str, Any]:
                                        {"id": run_id}).mappings().one())
 
 
-def wait_until(condition: Any, timeout_s: float, what: str, stack: Any) -> float:
-    """Seconds until condition() held; fails with the logs after timeout_s."""
-    began = time.monotonic()
-    while not condition():
-        if time.monotonic() - began > timeout_s:
-            pytest.fail(f"{what}: not within {timeout_s} s\n{stack.logs()}")
-        time.sleep(0.25)
-    return time.monotonic() - began
-
-
 def started_training(stack: Any, run_id: int) -> bool:
     return run_row(stack, run_id)["status"] == "running" and bool(stack.eval_points(run_id))
 
@@ -137,11 +124,11 @@ def test_serve_worker_killed_or_stopped_mid_run_is_replaced_and_next_run_starts(
     stack.env["EMBEDDED_WORKER_SILENT_S"] = "8"
     serve, worker_pid = start_serve(stack, unused_port)
     first, second = launch(stack, cifar_subset), launch(stack, cifar_subset, epochs=1)
-    wait_until(lambda: started_training(stack, first), 120, "the first run trains", stack)
+    stack.wait_until(lambda: started_training(stack, first), 120, "the first run trains")
 
     os.kill(worker_pid, sig)  # the worker only: its training process goes on until the supervisor acts
-    next_started_after = wait_until(lambda: started_training(stack, second), NEXT_RUN_WITHIN_S,
-                                    "the next queued run starts", stack)
+    next_started_after = stack.wait_until(lambda: started_training(stack, second), NEXT_RUN_WITHIN_S,
+                                          "the next queued run starts")
 
     lost = run_row(stack, first)
     assert lost["status"] == "failed" and lost["error"].startswith("worker lost: the embedded worker"), lost
@@ -169,12 +156,12 @@ def test_serve_killed_hard_with_a_hung_step_leaves_no_worker(embedded_stack: Any
     stack.env.update(TRAINBOARD_TEST_HANG_AT_STEP="2", CANCEL_GRACE_S="3")
     serve, worker_pid = start_serve(stack, unused_port)
     run_id = launch(stack, cifar_subset)
-    wait_until(lambda: run_row(stack, run_id)["step"] >= 2, 120, "the step that hangs", stack)
+    stack.wait_until(lambda: run_row(stack, run_id)["step"] >= 2, 120, "the step that hangs")
     assert len(process_group_members(worker_pid)) >= 2  # the worker, its training process (and mp resource tracker)
 
     os.kill(serve.pid, signal.SIGKILL)  # no shutdown code runs in serve
 
-    gone_after = wait_until(lambda: not process_group_members(worker_pid), 60, "worker and training gone", stack)
+    gone_after = stack.wait_until(lambda: not process_group_members(worker_pid), 60, "worker and training gone")
     assert gone_after < 60
     row = run_row(stack, run_id)
     assert row["status"] == "failed" and "did not stop within 3 s" in row["error"], row
@@ -190,8 +177,8 @@ def test_serve_two_workers_train_two_runs_at_once_and_stop_together(embedded_sta
     assert banner, serve.log_tail()
     first, second = launch(stack, cifar_subset), launch(stack, cifar_subset)
 
-    wait_until(lambda: started_training(stack, first) and started_training(stack, second), 120,
-               "both runs training at once", stack)
+    stack.wait_until(lambda: started_training(stack, first) and started_training(stack, second), 120,
+                     "both runs training at once")
 
     assert run_row(stack, first)["worker_host"] != run_row(stack, second)["worker_host"]
     ctrl_c_and_wait(serve, int(banner.group(1)))

@@ -22,6 +22,7 @@ from worker.heartbeat import RunHeartbeat, WorkerHeartbeat
 from worker.metric_writer import MetricWriter
 from worker.store import RunStore, write_worker_heartbeat
 
+POLL_S = 0.02  # the heartbeats tick every 0.1-0.2 s here: poll more often than that
 EVAL_METRICS = {"train/loss": 2.0, "train/acc": 0.1, "val/loss": 2.1, "val/acc": 0.12,
                 "test/loss": 2.2, "test/acc": 0.11}
 
@@ -46,16 +47,6 @@ def step(n: int) -> StepReport:
     return StepReport(step=n, epoch=n / 10, loss=1.5, lr=0.05, images_per_s=1000.0, total_steps=100)
 
 
-def wait_for(condition, timeout_s: float) -> float:
-    """Seconds until condition() held; fails after timeout_s."""
-    began = time.monotonic()
-    while not condition():
-        if time.monotonic() - began > timeout_s:
-            pytest.fail(f"condition not met within {timeout_s} s")
-        time.sleep(0.02)
-    return time.monotonic() - began
-
-
 @contextmanager
 def metric_inserts_failing(engine: Engine) -> Iterator[None]:
     """The database refuses metric inserts (as when it is briefly unavailable) inside the block."""
@@ -70,32 +61,37 @@ def metric_inserts_failing(engine: Engine) -> Iterator[None]:
         event.remove(engine, "before_cursor_execute", refuse)
 
 
-def test_run_heartbeat_flushes_points_and_progress_within_2s(db, running_run: int, writer: MetricWriter) -> None:
+def test_run_heartbeat_flushes_points_and_progress_within_2s(db, running_run: int, writer: MetricWriter,
+                                                             wait_until) -> None:
     with RunHeartbeat(RunStore(running_run), writer):  # the default interval: 2 s
         began_heartbeat = db.run(running_run).heartbeat_at
         writer.on_step(step(3))
-        waited = wait_for(lambda: len(db.points(running_run)) == 3, timeout_s=5)
+        waited = wait_until(lambda: len(db.points(running_run)) == 3, 5, "the step's 3 points flushed",
+                            poll_s=POLL_S)
     assert waited <= 3.0, f"first flush after {waited:.2f} s"  # one 2 s interval, plus a busy machine's slack
     run = db.run(running_run)
     assert (run.step, run.epoch, run.total_steps, run.images_per_s) == (3, 0.3, 100, 1000.0)
     assert run.heartbeat_at > began_heartbeat
 
 
-def test_run_heartbeat_sees_cancel_and_sets_should_stop(db, running_run: int, writer: MetricWriter) -> None:
+def test_run_heartbeat_sees_cancel_and_sets_should_stop(db, running_run: int, writer: MetricWriter,
+                                                        wait_until) -> None:
     with RunHeartbeat(RunStore(running_run), writer, interval_s=0.2) as heartbeat:
         assert not heartbeat.should_stop()
         with Session(get_engine()) as session:
             request_cancel(session=session, run_id=running_run)
-        wait_for(heartbeat.should_stop, timeout_s=1)
+        wait_until(heartbeat.should_stop, 1, "should_stop after the cancel", poll_s=POLL_S)
     assert heartbeat.cancel_requested and not heartbeat.worker_stopping
 
 
-def test_run_heartbeat_retry_after_db_unavailable_loses_nothing(db, running_run: int, writer: MetricWriter) -> None:
+def test_run_heartbeat_retry_after_db_unavailable_loses_nothing(db, running_run: int, writer: MetricWriter,
+                                                                wait_until) -> None:
     with RunHeartbeat(RunStore(running_run), writer, interval_s=0.1):
         with metric_inserts_failing(get_engine()):
             for n in range(1, 11):
                 writer.on_step(step(n))
-            wait_for(lambda: writer.consecutive_failures >= 2, timeout_s=2)  # periodic flushes failed...
+            # Periodic flushes failed...
+            wait_until(lambda: writer.consecutive_failures >= 2, 2, "two failed flushes", poll_s=POLL_S)
             assert db.points(running_run) == [] and writer.pending == 30  # ...and kept every point
         writer.on_eval(EvalReport(step=10, epoch=1.0, metrics=dict(EVAL_METRICS), is_best=True))
 
@@ -104,10 +100,10 @@ def test_run_heartbeat_retry_after_db_unavailable_loses_nothing(db, running_run:
     assert [p.step for p in points[:30]] == [n for n in range(1, 11) for _ in range(3)]  # in order, once each
 
 
-def test_run_heartbeat_writes_best_metrics_so_far(db, running_run: int, writer: MetricWriter) -> None:
+def test_run_heartbeat_writes_best_metrics_so_far(db, running_run: int, writer: MetricWriter, wait_until) -> None:
     writer.on_eval(EvalReport(step=0, epoch=0.0, metrics=dict(EVAL_METRICS), is_best=True))
     with RunHeartbeat(RunStore(running_run), writer, interval_s=0.1):
-        wait_for(lambda: db.run(running_run).best_val_acc == 0.12, timeout_s=2)
+        wait_until(lambda: db.run(running_run).best_val_acc == 0.12, 2, "best_val_acc written", poll_s=POLL_S)
 
 
 def test_worker_shutdown_stops_running_trainings(db, running_run: int, writer: MetricWriter,
