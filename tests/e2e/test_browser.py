@@ -22,6 +22,7 @@ import socket
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,27 @@ class Problems:
 def screenshot(page: Any, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+@contextmanager
+def watched_page(browser: Any, served: Any, failure_screenshot: str,
+                 **context_options: Any) -> Iterator[tuple[Any, Problems]]:
+    """(page, its Problems), in a browser context of its own. On an exception: a screenshot named
+    `failure_screenshot` and the servers' logs. Once the block is done, the page must have caused no problem."""
+    problems = Problems()
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, **context_options)
+    page = context.new_page()
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
+    problems.watch(page)
+    try:
+        yield page, problems
+    except Exception:
+        screenshot(page, failure_screenshot)
+        print(served.logs())
+        raise
+    finally:
+        context.close()
+    assert not problems.found, "\n".join(problems.found)
 
 
 def png_upload(side: int = 96) -> bytes:
@@ -290,12 +312,7 @@ def report_seeds_and_study_form(page: Any, base: str, problems: Problems) -> Non
 
 def test_dashboard_in_chromium(served: Any, browser: Any, small_cifar: Path, tmp_path: Path) -> None:
     base = served.base_url
-    problems = Problems()
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(PAGE_TIMEOUT_MS)
-    problems.watch(page)
-    try:
+    with watched_page(browser, served, "failure", accept_downloads=True) as (page, problems):
         page.goto(base + "/")
         assert page.title().startswith("Runs")
         screenshot(page, "01-runs-list")
@@ -325,13 +342,6 @@ def test_dashboard_in_chromium(served: Any, browser: Any, small_cifar: Path, tmp
         visualize_with_upload(page, base, first, problems)
         report_and_its_download(page, base, tmp_path)
         report_seeds_and_study_form(page, base, problems)
-    except Exception:
-        screenshot(page, "failure")
-        print(served.logs())
-        raise
-    finally:
-        context.close()
-    assert not problems.found, "\n".join(problems.found)
 
 
 # --------------------------------------------------------------- datasets ---
@@ -364,12 +374,7 @@ def wait_succeeded(page: Any, timeout_s: float) -> None:
 @pytest.mark.timeout(DEFAULT_RUN_TIMEOUT_S + 300)
 def test_datasets_upload_launch_and_default_sample_run_in_chromium(served: Any, browser: Any) -> None:
     base = served.base_url
-    problems = Problems()
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(PAGE_TIMEOUT_MS)
-    problems.watch(page)
-    try:
+    with watched_page(browser, served, "failure-datasets") as (page, _):
         # Upload a zip through the page; it shows up ready, with thumbnails and its class balance.
         page.goto(base + "/datasets")
         page.fill("#upload-name", "colours")
@@ -407,10 +412,3 @@ def test_datasets_upload_launch_and_default_sample_run_in_chromium(served: Any, 
         wait_succeeded(page, DEFAULT_RUN_TIMEOUT_S)
         assert "cifar10-sample" in page.inner_text("main")
         screenshot(page, "12-sample-run-succeeded")
-    except Exception:
-        screenshot(page, "failure-datasets")
-        print(served.logs())
-        raise
-    finally:
-        context.close()
-    assert not problems.found, "\n".join(problems.found)
