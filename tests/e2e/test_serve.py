@@ -167,19 +167,106 @@ def test_serve_killed_hard_with_a_hung_step_leaves_no_worker(embedded_stack: Any
     assert row["status"] == "failed" and "did not stop within 3 s" in row["error"], row
 
 
-def test_serve_two_workers_train_two_runs_at_once_and_stop_together(embedded_stack: Any, unused_port: int,
-                                                                     cifar_subset: Path) -> None:
-    stack = embedded_stack
-    serve = stack.start("serve", [*trainboard_command(), "serve", "--port", str(unused_port), "--workers", "2"])
-    stack.base_url = f"http://127.0.0.1:{unused_port}"
+def start_serve_with_two_workers(stack: Any, port: int) -> tuple[Any, list[int]]:
+    """`trainboard serve --workers 2`, once /api/health counts both workers; (process, the workers' pids)."""
+    serve = stack.start("serve", [*trainboard_command(), "serve", "--port", str(port), "--workers", "2"])
+    stack.base_url = f"http://127.0.0.1:{port}"
     stack.wait_healthy(lambda health: health["workers"] >= 2, serve)
     banner = re.search(r"worker pids (\d+), (\d+)", serve.log_path.read_text())
     assert banner, serve.log_tail()
+    return serve, [int(banner.group(1)), int(banner.group(2))]
+
+
+def both_training(stack: Any, first: int, second: int) -> bool:
+    return started_training(stack, first) and started_training(stack, second)
+
+
+def test_serve_two_workers_train_two_runs_at_once_and_stop_together(embedded_stack: Any, unused_port: int,
+                                                                     cifar_subset: Path) -> None:
+    stack = embedded_stack
+    serve, started_pids = start_serve_with_two_workers(stack, unused_port)
     first, second = launch(stack, cifar_subset), launch(stack, cifar_subset)
 
-    stack.wait_until(lambda: started_training(stack, first) and started_training(stack, second), 120,
-                     "both runs training at once")
+    stack.wait_until(lambda: both_training(stack, first, second), 120, "both runs training at once")
 
     assert run_row(stack, first)["worker_host"] != run_row(stack, second)["worker_host"]
-    ctrl_c_and_wait(serve, int(banner.group(1)))
-    assert not is_alive(int(banner.group(2)))
+    ctrl_c_and_wait(serve, started_pids[0])
+    assert not is_alive(started_pids[1])
+
+
+# Short, so that /api/workers lists the killed worker as lost within seconds; still five heartbeat
+# intervals (2 s), so that the web app's watchdog never takes the run that trains on for lost.
+HEARTBEAT_TIMEOUT_S = 10
+
+
+def api_get(stack: Any, path: str) -> Any:
+    with stack.api() as api:
+        response = api.get(path)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def fleet_by_pid(stack: Any) -> dict[int, dict[str, Any]]:
+    """GET /api/workers: every worker process with a heartbeat row, by pid."""
+    return {worker["pid"]: worker for worker in api_get(stack, "/api/workers")["data"]}
+
+
+def test_serve_two_workers_one_killed_mid_run_fails_its_run_while_the_other_keeps_training(
+        embedded_stack: Any, unused_port: int, cifar_subset: Path) -> None:
+    stack = embedded_stack
+    stack.env["HEARTBEAT_TIMEOUT_S"] = str(HEARTBEAT_TIMEOUT_S)
+    serve, started_pids = start_serve_with_two_workers(stack, unused_port)
+    lost_run, survivor = launch(stack, cifar_subset), launch(stack, cifar_subset)
+    stack.wait_until(lambda: both_training(stack, lost_run, survivor), 120, "both runs training at once")
+    # A run's worker_pid is the Celery worker process that claimed it: one run on each of serve's workers.
+    killed_pid, survivor_pid = (api_get(stack, f"/api/runs/{run_id}")["worker_pid"] for run_id in (lost_run, survivor))
+    assert sorted([killed_pid, survivor_pid]) == sorted(started_pids)
+    assert fleet_by_pid(stack)[killed_pid]["current_run"]["id"] == lost_run
+    killed_node = run_row(stack, lost_run)["worker_host"].split("@")[0]
+    assert len(process_group_members(killed_pid)) >= 2  # the worker and the training process it supervises
+
+    os.kill(killed_pid, signal.SIGKILL)  # the worker process alone, as the out-of-memory killer would
+
+    # serve's supervisor sees its worker exit (within a second), kills the worker's process group,
+    # fails the run it held and starts a new worker: before the watchdog's HEARTBEAT_TIMEOUT_S.
+    stack.wait_until(lambda: run_row(stack, lost_run)["status"] != "running", HEARTBEAT_TIMEOUT_S + 30,
+                     "the killed worker's run ends")
+    lost = run_row(stack, lost_run)
+    assert lost["status"] == "failed", lost
+    assert lost["error"].startswith(f"worker lost: the embedded worker {killed_node} "), lost
+    assert "killed by signal 9" in lost["error"], lost
+    stack.wait_until(lambda: not process_group_members(killed_pid), 30, "the killed worker's training process ends")
+
+    # The other run was not touched: still running after the loss, and its steps go on.
+    at_loss = run_row(stack, survivor)
+    assert at_loss["status"] == "running", at_loss
+    stack.wait_until(lambda: run_row(stack, survivor)["step"] > at_loss["step"], 60, "the other run trains on")
+
+    # /api/workers: the killed process is lost (its row stays until the watchdog forgets it), holding
+    # no run and listing the lost one as finished; the other worker still trains; the replacement is live.
+    stack.wait_until(lambda: worker_pids(serve), 30, "serve starts a worker in place of the killed one")
+    replacement_pid = worker_pids(serve)[-1]
+    stack.wait_until(lambda: fleet_by_pid(stack).get(killed_pid, {}).get("lost"), HEARTBEAT_TIMEOUT_S + 30,
+                     "/api/workers lists the killed worker as lost")
+    stack.wait_until(lambda: replacement_pid in fleet_by_pid(stack), 120, "/api/workers lists the new worker")
+    fleet = fleet_by_pid(stack)
+    killed = fleet[killed_pid]
+    assert killed["current_run"] is None, killed
+    assert [(run["id"], run["status"]) for run in killed["finished_runs"]] == [(lost_run, "failed")], killed
+    assert not fleet[survivor_pid]["lost"] and fleet[survivor_pid]["current_run"]["id"] == survivor, fleet
+    replacement = fleet[replacement_pid]
+    assert not replacement["lost"] and replacement["current_run"] is None, replacement
+    # The killed worker's supervisor started it: same name, next generation (embedded<i>-<serve pid>-<n>).
+    assert replacement["hostname"].split("@")[0] == f"{killed_node.rsplit('-', 1)[0]}-2", replacement
+    assert sorted(fleet) == sorted([killed_pid, survivor_pid, replacement_pid])
+
+    with stack.api() as api:
+        assert api.post(f"/api/runs/{survivor}/cancel").status_code == 202
+    assert stack.wait_for_status(survivor, {"succeeded", "failed", "cancelled"}, 60)["status"] == "cancelled"
+
+    # One Ctrl-C stops serve and both of its workers; no worker or training process is left in any
+    # worker's process group (each worker runs in a session of its own).
+    ctrl_c_and_wait(serve, survivor_pid)
+    every_worker = [*started_pids, *worker_pids(serve)]
+    stack.wait_until(lambda: not any(process_group_members(pid) for pid in every_worker), 30,
+                     "every worker and training process gone")
