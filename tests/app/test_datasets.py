@@ -401,7 +401,8 @@ def test_delete_builtin_sample_409(client: TestClient) -> None:
     assert client.delete("/api/datasets/cifar10-sample").status_code == 409
 
 
-def test_cifar10_download_goes_into_datasets_dir(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cifar10_download_goes_into_datasets_dir(client: TestClient, monkeypatch: pytest.MonkeyPatch,
+                                                 wait_until: Callable[..., float]) -> None:
     import torchvision.datasets.utils as tv_utils
 
     def fake_download(url: str, root: str, **kwargs: Any) -> None:
@@ -409,9 +410,8 @@ def test_cifar10_download_goes_into_datasets_dir(client: TestClient, monkeypatch
 
     monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
     assert client.post("/api/datasets/cifar10/download").status_code == 202
-    deadline = time.monotonic() + 30
-    while client.get("/api/datasets/cifar10").json()["status"] == "processing" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: client.get("/api/datasets/cifar10").json()["status"] != "processing", 30,
+               "the failed download to finish", poll_s=0.05)
     info = client.get("/api/datasets/cifar10").json()
     assert info["status"] == "downloadable" and "network unreachable" in info["message"]
     assert str(datasets_dir(client)) in info["message"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -15,14 +14,15 @@ from app.models import Run, RunStatus
 
 
 def test_watchdog_loop_fails_stale_runs_with_event(client_factory: Callable[..., TestClient],
-                                                   make_run: Callable[..., Run]) -> None:
+                                                   make_run: Callable[..., Run],
+                                                   wait_until: Callable[..., float]) -> None:
     old = utcnow() - timedelta(minutes=10)
     stale = make_run(status=RunStatus.running, started_at=old, heartbeat_at=old).id
     alive = make_run(status=RunStatus.running, started_at=old, heartbeat_at=utcnow() + timedelta(minutes=5)).id
     client = client_factory(WATCHDOG_INTERVAL_S=0.05, HEARTBEAT_TIMEOUT_S=60)
-    deadline = time.monotonic() + 60  # the loop ends as soon as the run has failed; 60 s only bounds a failure
-    while client.get(f"/api/runs/{stale}").json()["status"] == "running" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # Ends as soon as the run has failed; 60 s only bounds a failure.
+    wait_until(lambda: client.get(f"/api/runs/{stale}").json()["status"] != "running", 60,
+               "the watchdog failing the stale run", poll_s=0.05)
     run = client.get(f"/api/runs/{stale}").json()
     assert run["status"] == "failed" and run["error"].startswith("worker lost: no heartbeat for 600 s")
     assert client.get(f"/api/runs/{stale}/history").json()[-1]["kind"] == "worker_lost"

@@ -6,6 +6,7 @@ import shutil
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,14 +44,6 @@ def evaluated_after_step_0(points) -> bool:
 def cancel(run_id: int) -> None:
     with Session(get_engine()) as session:
         request_cancel(session=session, run_id=run_id)
-
-
-def wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -96,12 +89,13 @@ def test_train_run_bad_dataset_path_fails_with_traceback(db, cifar_subset: Path,
     assert db.events(run_id)[-1].message.startswith("failed: DatasetError")
 
 
-def test_train_run_cancel_while_running_stops_within_5s(db, worker_settings, cifar_subset: Path) -> None:
+def test_train_run_cancel_while_running_stops_within_5s(db, worker_settings, cifar_subset: Path,
+                                                        wait_until: Callable[..., float]) -> None:
     run_id = db.queue(db.tiny_dataset(cifar_subset), **dict(TINY, epochs=50))
     outcome: list[str] = []
     worker = threading.Thread(target=lambda: outcome.append(train_run(run_id)))
     worker.start()
-    wait_for(lambda: evaluated_after_step_0(db.points(run_id)), 180, "the second evaluation")
+    wait_until(lambda: evaluated_after_step_0(db.points(run_id)), 180, "the second evaluation", poll_s=0.05)
 
     cancelled_at = time.monotonic()
     cancel(run_id)
