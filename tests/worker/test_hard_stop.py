@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from app.core.config import get_settings
 from worker.tasks import train_run
 from worker.training import HANG_AT_STEP_VARIABLE
 
-from .test_tasks import TINY, cancel, wait_for
+from .test_tasks import TINY, cancel
 
 pytestmark = pytest.mark.slow
 
@@ -46,11 +47,12 @@ def reached_step(db, run_id: int, step: int) -> bool:
 
 
 def test_hung_step_cancel_is_forced_and_recorded_cancelled(db, hard_stop_settings, cifar_subset: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           wait_until: Callable[..., float]) -> None:
     monkeypatch.setenv(HANG_AT_STEP_VARIABLE, "2")
     run_id = db.queue(db.tiny_dataset(cifar_subset), **dict(TINY, epochs=50))
     thread, outcome = start_task(run_id)
-    wait_for(lambda: reached_step(db, run_id, 2), STARTUP_S, "the step that hangs")
+    wait_until(lambda: reached_step(db, run_id, 2), STARTUP_S, "the step that hangs", poll_s=0.05)
 
     cancelled_at = time.monotonic()
     cancel(run_id)
@@ -104,11 +106,11 @@ def training_child_pids() -> list[int]:
     return [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
-def test_training_process_killed_fails_the_run_and_frees_the_task(db, hard_stop_settings,
-                                                                  cifar_subset: Path) -> None:
+def test_training_process_killed_fails_the_run_and_frees_the_task(db, hard_stop_settings, cifar_subset: Path,
+                                                                  wait_until: Callable[..., float]) -> None:
     run_id = db.queue(db.tiny_dataset(cifar_subset), **dict(TINY, epochs=50))
     thread, outcome = start_task(run_id)
-    wait_for(lambda: reached_step(db, run_id, 2), STARTUP_S, "training")
+    wait_until(lambda: reached_step(db, run_id, 2), STARTUP_S, "training", poll_s=0.05)
 
     for pid in training_child_pids():
         os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer would
@@ -119,8 +121,8 @@ def test_training_process_killed_fails_the_run_and_frees_the_task(db, hard_stop_
     assert run.status == "failed" and "killed by signal 9" in run.error
 
 
-def test_worker_shutdown_stops_the_training_process_at_its_next_step(db, hard_stop_settings,
-                                                                     cifar_subset: Path) -> None:
+def test_worker_shutdown_stops_the_training_process_at_its_next_step(db, hard_stop_settings, cifar_subset: Path,
+                                                                     wait_until: Callable[..., float]) -> None:
     from worker import supervisor
     from worker.store import RunStore
 
@@ -132,7 +134,7 @@ def test_worker_shutdown_stops_the_training_process_at_its_next_step(db, hard_st
     thread = threading.Thread(target=lambda: outcome.append(supervisor.train_in_child(
         run_id, store, get_settings(), worker_stopping=stopping)), daemon=True)
     thread.start()
-    wait_for(lambda: reached_step(db, run_id, 2), STARTUP_S, "training")
+    wait_until(lambda: reached_step(db, run_id, 2), STARTUP_S, "training", poll_s=0.05)
 
     stopping.set()
     thread.join(GRACE_S + 20)
