@@ -28,12 +28,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ml.batching import normalize  # noqa: E402
 from ml.config import TrainConfig, from_dict  # noqa: E402
-from ml.models import build_model, get_spec  # noqa: E402
+from ml.models import Dropout, build_model, get_spec  # noqa: E402
 from ml.precision import choose_precision  # noqa: E402
 from ml.trainer import Callback, train  # noqa: E402
 
@@ -70,11 +71,24 @@ def bench_config(model: str, epochs: int, **overrides) -> TrainConfig:
                                    "protocol": "running", "early_stop_count": 0, "log_every": 50, **overrides})
 
 
+def with_stock_dropout(model: nn.Module) -> nn.Module:
+    """The model with torch's own nn.Dropout in place of ml.models.Dropout's cheaper CPU mask.
+
+    The bare loop stands for the study's plain PyTorch code, which used nn.Dropout.
+    """
+    for name, child in model.named_children():
+        if isinstance(child, Dropout):
+            setattr(model, name, nn.Dropout(child.p))
+        else:
+            with_stock_dropout(child)
+    return model
+
+
 def bare_loop(model_name: str, config: TrainConfig, data: Splits, device: torch.device) -> float:
-    """Images/s of the plainest fp32 loop over the same tensors: no callbacks, no accumulators, NCHW."""
+    """Images/s of the plainest fp32 loop over the same tensors: stock modules, no callbacks, no accumulators, NCHW."""
     torch.manual_seed(config.seed)
     began = time.perf_counter()
-    model = build_model(model_name, config.model_options, pretrained=False).to(device)
+    model = with_stock_dropout(build_model(model_name, config.model_options, pretrained=False)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum) \
         if config.optimizer == "sgd" else torch.optim.Adam(model.parameters(), lr=config.lr)
     x, y = normalize(data.train.images, device), data.train.labels.to(device)

