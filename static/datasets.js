@@ -8,8 +8,19 @@
   const bar = document.getElementById("upload-progress");
   const submit = document.getElementById("upload-submit");
 
-  // Reload while any dataset is still being processed, so its progress and final state show.
-  if (document.querySelector('[data-status="processing"]')) setTimeout(() => window.location.reload(), 1500);
+  let uploading = false;
+
+  // Whether a reload would lose nothing: no upload in flight, nothing typed or chosen in the form.
+  function formIsIdle() {
+    return !uploading && !document.getElementById("upload-name").value &&
+      document.getElementById("upload-file").files.length === 0;
+  }
+
+  // Reload while any dataset is still being processed, so its progress and final state show;
+  // but never under a user filling the form or uploading (a reload would abort the upload).
+  if (document.querySelector('[data-status="processing"]')) {
+    setInterval(() => { if (formIsIdle()) window.location.reload(); }, 1500);
+  }
 
   function csrfHeader(xhr) {
     const match = document.cookie.match(/(?:^|; )trainboard_csrf=([^;]*)/);
@@ -55,7 +66,9 @@
     submit.disabled = true;
     bar.hidden = false;
     bar.value = 0;
+    uploading = true;
     const result = await upload(name, file);
+    uploading = false;
     submit.disabled = false;
     if (!result.ok) {
       bar.hidden = true;
@@ -63,6 +76,7 @@
       return;
     }
     TB.showMessage(messages, "info", "Uploaded; checking the images…");
+    form.reset();  // an emptied form lets the processing page keep reloading itself
     window.location.reload();
   });
 
