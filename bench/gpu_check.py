@@ -332,7 +332,8 @@ def run_worker_end_to_end(root: Path, limit_train: int) -> bool:
     atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
     for name in ("DATABASE_URL", "BROKER_URL", "ARTIFACTS_DIR", "DATASETS_DIR", "TRAINBOARD_API_TOKEN"):
         os.environ.pop(name, None)
-    os.environ.update(DATA_DIR=str(data_dir), TRAINBOARD_ENV_FILE="")
+    # The data lies wherever the operator put it: allow exactly that folder as a dataset root.
+    os.environ.update(DATA_DIR=str(data_dir), TRAINBOARD_ENV_FILE="", DATASET_ROOTS=str(root.resolve()))
     from sqlmodel import Session, func, select
 
     from app.core.config import get_settings

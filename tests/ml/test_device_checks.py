@@ -53,3 +53,17 @@ def test_device_check_fails_when_training_diverges(monkeypatch) -> None:
 def test_precisions_of_cpu_lists_fp32_first() -> None:
     found = gpu_check.precisions_of(torch.device("cpu"))
     assert found[0].name == "fp32" and len(found) in (1, 2)
+
+
+def test_device_check_end_to_end_trains_through_the_worker_on_data_outside_any_root(sample_subset, tmp_path) -> None:
+    """The script's worker step, as the device machine runs it: a fresh process, data in a folder of its own."""
+    import os
+    import subprocess
+
+    data = sample_subset(10, 2)  # 100 training images: a batch of 64 after the val split
+    env = {k: v for k, v in os.environ.items() if k not in ("DATASET_ROOTS", "DATA_DIR", "DATASETS_DIR")}
+    done = subprocess.run([sys.executable, str(SCRIPT), str(data), "--end-to-end-only"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "end to end: train_run succeeded" in done.stdout
+    assert "checks passed" in done.stdout
