@@ -121,6 +121,9 @@ def cnn_config(options: dict[str, Any] | None) -> CNNConfig:
     return cfg
 
 
+MASK_BITS = 15  # random bits per dropout mask element: p is rounded to 1/2^15
+
+
 class Dropout(nn.Dropout):
     """`nn.Dropout` with a cheaper mask on CPU; elsewhere, and in eval mode, it is `nn.Dropout`.
 
@@ -140,8 +143,6 @@ class Dropout(nn.Dropout):
         keep = _keep_mask(x, self.p)
         return x * keep.to(x.dtype).mul_(1 / (1 - self.p))
 
-
-MASK_BITS = 15
 
 
 def _dense(x: torch.Tensor) -> bool:

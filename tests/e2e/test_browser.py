@@ -32,6 +32,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.services.dataset_uploads import UPLOADS_FOLDER
+
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -362,7 +364,7 @@ DEFAULT_RUN_TIMEOUT_S = 900
 @pytest.mark.timeout(300)
 def test_datasets_page_does_not_reload_under_a_user_filling_the_upload_form(served: Any, browser: Any) -> None:
     """While another dataset processes, the page reloads itself for progress, but not over typed input or an upload."""
-    uploads = Path(served.env["DATA_DIR"]) / "datasets" / ".uploads"
+    uploads = Path(served.env["DATA_DIR"]) / "datasets" / UPLOADS_FOLDER
     uploads.mkdir(parents=True, exist_ok=True)
     # A dataset that stays "processing": its state names a live process (the test's own).
     (uploads / "slowpoke.json").write_text(json.dumps({
