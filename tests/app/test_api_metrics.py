@@ -110,13 +110,17 @@ def test_metrics_unknown_run_404(client: TestClient) -> None:
 
 # ----------------------------------------------------------------------- SSE ---
 
-def read_sse(response: Any) -> list[tuple[str | None, str, Any]]:
-    """(id, event, data) of each message of an SSE response, until the server closes it."""
+def read_sse(response: Any, on_message: Callable[[str], None] | None = None) -> list[tuple[str | None, str, Any]]:
+    """(id, event, data) of each message of an SSE response, until the server closes it.
+
+    `on_message(event)` is called as each message arrives."""
     messages, current = [], {}
     for line in response.iter_lines():
         if line == "":
             if "data" in current:
                 messages.append((current.get("id"), current.get("event", "message"), json.loads(current["data"])))
+                if on_message is not None:
+                    on_message(messages[-1][1])
             current = {}
         elif not line.startswith(":") and ":" in line:
             key, _, value = line.partition(":")
@@ -148,10 +152,13 @@ def test_events_stream_finished_run_then_closes(client: TestClient, session: Ses
 
 def test_events_stream_follows_a_running_run(client: TestClient, engine: Any, make_run: Callable[..., Run]) -> None:
     run_id = make_run(status=RunStatus.queued).id
+    # The worker claims the run only once the stream has sent its first status, so "queued" is seen
+    # first however busy the machine (a fixed sleep raced the stream's first poll under load).
+    stream_open = threading.Event()
 
     def worker() -> None:
         with Session(engine) as session:
-            time.sleep(0.2)
+            assert stream_open.wait(30), "the stream sent no status"
             lifecycle.claim_run(session=session, run_id=run_id, hostname="gpu-7")
             for step in range(3):
                 time.sleep(0.15)
@@ -165,8 +172,9 @@ def test_events_stream_follows_a_running_run(client: TestClient, engine: Any, ma
     thread.start()
     try:
         with client.stream("GET", f"/api/runs/{run_id}/events") as response:
-            messages = read_sse(response)
+            messages = read_sse(response, on_message=lambda event: event == "status" and stream_open.set())
     finally:
+        stream_open.set()  # never leave the worker waiting
         thread.join()
     statuses = [data["status"] for _, event, data in messages if event == "status"]
     # In order, each once; "running" may fall between two polls on a busy box (the "started" event below proves it).
