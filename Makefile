@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench gpu-deps clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,15 @@ test: setup
 
 bench: setup
 	$(PY) bench/train_throughput.py
+
+# The worker's dependencies that the GPU machine's Python lacks, as binary wheels for its
+# CPython 3.12 (bench/gpu-deps.txt), for bench/gpu_check.py's end-to-end step. Needs PyPI.
+GPU_PYTHON_VERSION ?= 3.12
+GPU_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64,--platform $(p))
+gpu-deps: setup
+	rm -rf .gpu-deps
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --implementation cp \
+		--python-version $(GPU_PYTHON_VERSION) $(GPU_PLATFORMS) -d .gpu-deps -r bench/gpu-deps.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

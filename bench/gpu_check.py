@@ -15,8 +15,17 @@ no pytest, no FastAPI, no Celery. Everything it needs from this project is `ml/`
    (c) the trainer, running protocol.
    It prints images/s, training seconds, evaluation seconds, final val/test accuracy,
    and the ratios (b)/(a) and (c)/(a) of training throughput.
-3. worker.tasks.train_run end to end (SQLite, filesystem broker, a temporary DATA_DIR)
-   when the web/worker dependencies import here; otherwise it says which one is missing.
+3. worker.tasks.train_run end to end (SQLite, filesystem broker, a temporary DATA_DIR).
+   The GPU machine's Python lacks Celery, SQLModel and pydantic, so `make gpu-deps`
+   downloads them here as binary wheels for CPython 3.12 into .gpu-deps/ (about 11 MB),
+   and the script installs them into a temporary folder there. Without them the step is
+   skipped and says which module is missing.
+
+On the device machine, prepared here with
+`make gpu-deps && mkdir -p .gpu-data && cp ../shared/datasets/cifar10-jpeg.tar.gz .gpu-data/`
+and run with carry [".gpu-deps", ".gpu-data"] (both ignored by git):
+
+    PYTHONUNBUFFERED=1 python3 bench/gpu_check.py .gpu-data/cifar10-jpeg.tar.gz 2>&1 | tee $OUT/gpu_check.log
 
 Without CUDA it says so and times the CPU with a smaller default workload
 (1 epoch, 5,000 training and 1,000 test images), so that it still ends in minutes.
@@ -26,7 +35,9 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import importlib
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -311,22 +322,56 @@ def print_row(name: str, r: dict[str, float]) -> None:
 
 # -------------------------------------------------------------- end to end ---
 
+WORKER_MODULES = ("celery", "sqlmodel", "pydantic_settings", "alembic", "psutil")
+DEPS_WHEELS = REPO / ".gpu-deps"  # `make gpu-deps` fills it with wheels for the GPU machine's Python
+
+
+def missing_module(modules: tuple[str, ...]) -> str | None:
+    """Why the first of `modules` that does not import fails, or None when all import."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            return str(err)
+    return None
+
+
+def import_or_install(modules: tuple[str, ...], wheels: Path) -> str | None:
+    """Import `modules`; if one is missing, install the wheels in `wheels` into a temporary folder and retry.
+
+    The GPU machine has torch but not the web stack, and no network: the worker's other
+    dependencies travel as binary wheels and go into a folder that lives as long as this
+    process. Returns None when everything imports, else what is still missing.
+    """
+    missing = missing_module(modules)
+    found = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
+    if missing is None or not found:
+        return missing
+    target = Path(tempfile.mkdtemp(prefix="gpu-check-deps-"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+         "--disable-pip-version-check", "--target", str(target), *map(str, found)],
+        capture_output=True, text=True, timeout=300)
+    if installed.returncode != 0:
+        return f"installing {wheels.name}/ failed: {installed.stderr.strip()[-400:]}"
+    sys.path.insert(0, str(target))
+    importlib.invalidate_caches()
+    return missing_module(modules)
+
+
 def run_worker_end_to_end(root: Path, limit_train: int) -> bool:
-    """worker.tasks.train_run in this process, with SQLite and the filesystem broker in a temporary DATA_DIR,
-    if the worker's dependencies import here (from site-packages or an ignored .gpu-deps/ folder)."""
+    """worker.tasks.train_run in this process, with SQLite and the filesystem broker in a temporary DATA_DIR.
+
+    The worker's dependencies come from site-packages or, on the GPU machine, from the
+    wheels in .gpu-deps/; without either the step is skipped and says so.
+    """
     import os
 
-    deps = REPO / ".gpu-deps"
-    if deps.is_dir():
-        sys.path.insert(0, str(deps))
-    try:
-        import celery  # noqa: F401
-        import fastapi  # noqa: F401
-        import psutil  # noqa: F401
-        import sqlmodel  # noqa: F401
-    except ImportError as err:
-        print(f"end to end: skipped, the worker's dependencies are not here ({err}). They cannot travel as "
-              f"pure-Python wheels: pydantic-core, psutil and SQLAlchemy's speedups are compiled extensions.")
+    missing = import_or_install(WORKER_MODULES, DEPS_WHEELS)
+    if missing:
+        print(f"end to end: skipped, the worker's dependencies are not here ({missing}). "
+              f"Run `make gpu-deps` where pip reaches PyPI and carry .gpu-deps/ with the script.")
         return True
     data_dir = Path(tempfile.mkdtemp(prefix="gpu-check-run-"))
     atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
@@ -394,7 +439,12 @@ def main() -> int:
         root = dataset_root(args.data)
         if not args.end_to_end_only:
             run_timing(root, device, epochs, limit, limit_test, args.skip_study)
-        ok = run_worker_end_to_end(root, limit or 5000) and ok
+        try:
+            ok = run_worker_end_to_end(root, limit or 5000) and ok
+        except Exception:  # noqa: BLE001 - the device session's log must show the failure, then the verdict
+            print("end to end: FAILED")
+            traceback.print_exc()
+            ok = False
     print(f"done in {time.perf_counter() - began:.0f} s; checks {'passed' if ok else 'FAILED'}")
     return 0 if ok else 1
 

@@ -67,3 +67,46 @@ def test_device_check_end_to_end_trains_through_the_worker_on_data_outside_any_r
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "end to end: train_run succeeded" in done.stdout
     assert "checks passed" in done.stdout
+
+
+def _write_wheel(folder: Path, module: str, source: str) -> Path:
+    """A minimal pure-Python wheel holding one module, as pip accepts it offline."""
+    import zipfile
+
+    dist = f"{module}-1.0.dist-info"
+    files = {
+        f"{module}.py": source,
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{dist}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{dist}/RECORD"])
+    wheel = folder / f"{module}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return wheel
+
+
+def test_import_or_install_installs_missing_modules_from_the_wheels(tmp_path, monkeypatch) -> None:
+    # The GPU machine lacks the worker's dependencies: they travel as wheels and go into a temporary folder.
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "tb_gpu_check_probe", raising=False)
+    _write_wheel(tmp_path, "tb_gpu_check_probe", "VALUE = 42\n")
+    assert gpu_check.import_or_install(("json", "tb_gpu_check_probe"), tmp_path) is None
+    import tb_gpu_check_probe
+
+    assert tb_gpu_check_probe.VALUE == 42
+    assert not (tmp_path / "tb_gpu_check_probe.py").exists()  # installed elsewhere, not into the wheels folder
+    sys.modules.pop("tb_gpu_check_probe")
+
+
+def test_import_or_install_names_the_missing_module_without_wheels(tmp_path) -> None:
+    missing = gpu_check.import_or_install(("json", "tb_gpu_check_absent"), tmp_path / "none")
+    assert missing == "No module named 'tb_gpu_check_absent'"
+
+
+def test_import_or_install_reports_a_broken_wheel(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "tb_gpu_check_absent-1.0-py3-none-any.whl").write_bytes(b"not a zip")
+    missing = gpu_check.import_or_install(("tb_gpu_check_absent",), tmp_path)
+    assert missing is not None and missing.startswith("installing")
