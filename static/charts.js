@@ -14,11 +14,16 @@
     return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
   }
 
+  // The layout's extra axes ("yaxis2", …: stacked rows), which get the theme like xaxis and yaxis.
+  function extraAxes(layout) {
+    return Object.keys(layout || {}).filter((key) => /^[xy]axis\d+$/.test(key));
+  }
+
   // The theme-dependent part of a layout, from the CSS variables in static/app.css.
-  function themeLayout() {
+  function themeLayout(layout) {
     const fg = cssVar("--fg"), muted = cssVar("--muted"), grid = cssVar("--grid"), surface = cssVar("--surface");
     const axis = { gridcolor: grid, linecolor: grid, zerolinecolor: grid, tickcolor: grid, color: muted };
-    return {
+    const theme = {
       font: { color: fg },
       title: { font: { color: fg } },
       legend: { font: { color: fg } },
@@ -26,6 +31,8 @@
       xaxis: axis,
       yaxis: axis,
     };
+    extraAxes(layout).forEach((key) => { theme[key] = axis; });
+    return theme;
   }
 
   // Deep-merge `extra` into `base` (plain objects only; arrays and values are replaced).
@@ -40,7 +47,7 @@
   }
 
   function themed(layout) {
-    return merge(layout, themeLayout());
+    return merge(layout, themeLayout(layout));
   }
 
   const drawn = [];
@@ -67,7 +74,7 @@
 
   function restyleAll() {
     drawn.forEach((gd) => {
-      const theme = themeLayout();
+      const theme = themeLayout(gd.layout);
       if (!gd.layout.xaxis || gd.data.some((t) => t.type === "parcoords")) { delete theme.xaxis; delete theme.yaxis; }
       Plotly.relayout(gd, flatten(theme, "", {}));
     });

@@ -11,7 +11,7 @@
   // ---------------------------------------------------------------- charts ---
   const charts = Array.from(document.querySelectorAll(".chart[data-figure]")).map((el) => ({
     el, suffix: el.dataset.suffix, prefix: el.dataset.prefix || "", scale: Number(el.dataset.scale) || 1,
-    repeatsSteps: el.dataset.repeatsSteps === "1",
+    repeatsSteps: el.dataset.repeatsSteps === "1", x: el.dataset.x || "epoch",
   }));
   const lastStep = {}; // series name → last step drawn
   charts.forEach((chart) => {
@@ -31,7 +31,19 @@
     return (gd.data || []).findIndex((trace) => trace.meta && trace.meta.metric === name);
   }
 
-  // Append one series fragment {name, step, epoch, value} (x = epoch) to its chart.
+  // A new series' legend name, colour and y axis, by the rules the server sent (app/pages/charts.py):
+  // system series by their unit's row, the others by their split.
+  function seriesLook(style, name) {
+    const system = style.system;
+    if (system && name.startsWith("system/")) {
+      const short = name.slice("system/".length);
+      const row = system.rows.find((r) => name.endsWith(r.suffix));
+      return { name: system.names[short] || short, colour: system.colours[name] || style.other_colour, yaxis: row.yaxis };
+    }
+    return { name, colour: (style.split_colours || {})[name.split("/")[0]] || style.other_colour, yaxis: "y" };
+  }
+
+  // Append one series fragment {name, step, epoch, time, value} to its chart (x: the chart's data-x).
   function appendFragment(fragment) {
     const chart = chartFor(fragment.name);
     if (!chart) return;
@@ -42,7 +54,7 @@
       // repeat a step while an evaluation runs, so there only older steps are dropped.
       if (step < after || (step === after && !chart.repeatsSteps)) return;
       const value = fragment.value[i];
-      xs.push(fragment.epoch[i]);
+      xs.push(fragment[chart.x][i]);
       ys.push(value === null ? null : value * chart.scale);
     });
     if (!xs.length) return;
@@ -50,16 +62,17 @@
     const gd = chart.el;
     if (gd.layout.annotations && gd.layout.annotations.length) {
       // The server drew an empty chart ("No data yet"): show the axes now.
-      Plotly.relayout(gd, { annotations: [], "xaxis.visible": true, "yaxis.visible": true });
+      const shown = { annotations: [] };
+      Object.keys(gd.layout).filter((key) => /^[xy]axis\d*$/.test(key)).forEach((key) => { shown[key + ".visible"] = true; });
+      Plotly.relayout(gd, shown);
     }
     const index = traceIndex(gd, fragment.name);
     if (index < 0) {
-      const style = chart.style;
-      const colour = (style.split_colours || {})[fragment.name.split("/")[0]] || style.other_colour;
+      const look = seriesLook(chart.style, fragment.name);
       Plotly.addTraces(gd, {
-        type: "scatter", mode: "lines+markers", name: fragment.name, x: xs, y: ys,
-        meta: { metric: fragment.name }, line: { color: colour, width: 2 }, marker: { size: 5, color: colour },
-        hovertemplate: style.hover,
+        type: "scatter", mode: "lines+markers", name: look.name, x: xs, y: ys, yaxis: look.yaxis,
+        meta: { metric: fragment.name }, line: { color: look.colour, width: 2 }, marker: { size: 5, color: look.colour },
+        hovertemplate: chart.style.hover,
       });
       return;
     }

@@ -50,6 +50,11 @@ class ChartSpec:
     prefix: str = ""  # …and whose name starts with this ("system/")
     # System samples repeat a step (during an evaluation the step stands still): draw those too.
     repeats_steps: bool = False
+    x: str = "epoch"  # a key of X_AXES
+
+    @property
+    def x_title(self) -> str:
+        return X_AXES[self.x]
 
     def shows(self, metric: str) -> bool:
         return metric.startswith(self.prefix) and metric.endswith(self.suffix)
@@ -59,8 +64,32 @@ RUN_CHARTS = (
     ChartSpec("loss", "Loss", "cross-entropy loss", "/loss"),
     ChartSpec("acc", "Accuracy", "accuracy (%)", "/acc", scale=100.0),
     ChartSpec("lr", "Learning rate", "learning rate", "/lr"),
-    ChartSpec("system", "System", "%, MiB, images/s", "", prefix="system/", repeats_steps=True),
+    # By wall time: the machine is busy while the epoch stands still (data loading, evaluations).
+    ChartSpec("system", "System", "", "", prefix="system/", repeats_steps=True, x="time"),
 )
+
+
+@dataclass(frozen=True)
+class SystemRow:
+    """One row of the System chart: the system series of one unit, on a y axis of their own."""
+
+    yaxis: str  # Plotly's trace reference: "y", "y2", …
+    title: str
+    suffix: str  # a system series whose name ends with this goes in this row ("" takes the rest)
+    domain: tuple[float, float]
+
+
+# CPU %, MiB and images/s differ by orders of magnitude: on one axis the % line lies flat at the bottom.
+SYSTEM_ROWS = (
+    SystemRow("y", "%", "_percent", (0.70, 1.0)),
+    SystemRow("y2", "MiB", "_mib", (0.36, 0.64)),
+    SystemRow("y3", "images/s", "", (0.0, 0.30)),
+)
+# One colour per series, so that the shared legend names each line unambiguously.
+SYSTEM_COLOURS = {"system/cpu_percent": "#4c78a8", "system/gpu_util_percent": "#e45756",
+                  "system/rss_mib": "#72b7b2", "system/gpu_memory_used_mib": "#f58518",
+                  "system/gpu_memory_total_mib": "#bab0ac", "system/images_per_s": "#54a24b"}
+SYSTEM_CHART_HEIGHT = 520
 
 
 def plotly_text(text: str) -> str:
@@ -72,13 +101,27 @@ def is_accuracy(metric: str) -> bool:
     return metric.endswith("/acc")
 
 
+METRIC_WORDS = {"acc": "accuracy (%)", "loss": "loss", "lr": "learning rate", "images_per_s": "images/s",
+                "cpu_percent": "CPU (%)", "rss_mib": "RSS (MiB)", "gpu_util_percent": "GPU utilisation (%)",
+                "gpu_memory_used_mib": "GPU memory used (MiB)", "gpu_memory_total_mib": "GPU memory total (MiB)"}
+
+
 def metric_label(metric: str) -> str:
     """"val/acc" → "val accuracy (%)"."""
     split, _, name = metric.partition("/")
-    words = {"acc": "accuracy (%)", "loss": "loss", "lr": "learning rate", "images_per_s": "images/s",
-             "cpu_percent": "CPU (%)", "rss_mib": "RSS (MiB)", "gpu_util_percent": "GPU utilisation (%)",
-             "gpu_memory_used_mib": "GPU memory used (MiB)", "gpu_memory_total_mib": "GPU memory total (MiB)"}
-    return f"{split} {words.get(name, name)}" if name else metric
+    return f"{split} {METRIC_WORDS.get(name, name)}" if name else metric
+
+
+def system_row(metric: str) -> SystemRow:
+    """The System chart's row for a `system/…` series, by its unit."""
+    return next(row for row in SYSTEM_ROWS if metric.endswith(row.suffix))
+
+
+def system_style(metric: str) -> dict[str, str]:
+    """A system series' legend name, colour and y axis (also sent to the browser for series that arrive live)."""
+    name = metric.partition("/")[2]
+    return {"name": METRIC_WORDS.get(name, name), "colour": SYSTEM_COLOURS.get(metric, OTHER_COLOUR),
+            "yaxis": system_row(metric).yaxis}
 
 
 def _scaled(values: Sequence[float | None], scale: float) -> list[float | None]:
@@ -120,7 +163,8 @@ def figure_json(traces: list[dict[str, Any]], layout: dict[str, Any]) -> str:
 # ------------------------------------------------------------ one run's charts ---
 
 def run_figures(series: list[dict[str, Any]]) -> dict[str, str]:
-    """The run page's live charts (the study's figures 1.1 and 1.2, plus the learning rate), x = epoch.
+    """The run page's live charts (the study's figures 1.1 and 1.2, the learning rate and the
+    machine's load), x = epoch (the System chart: wall time).
 
     `series` is what read_metrics returns; the result maps each RUN_CHARTS key to
     figure JSON. Every chart exists even without data, so the live stream has
@@ -128,31 +172,56 @@ def run_figures(series: list[dict[str, Any]]) -> dict[str, str]:
     """
     figures = {}
     for spec in RUN_CHARTS:
-        traces = [
-            _line_trace(
-                name=s["name"], x=s["epoch"], y=_scaled(s["value"], spec.scale),
-                colour=SPLIT_COLOURS.get(s["name"].split("/", 1)[0], OTHER_COLOUR),
-                total_points=max(s.get("total_points", 0), len(s["step"])),
-                # last_step: the live stream may resend points the page already has; the JS drops those.
-                meta={"metric": s["name"], "last_step": s["step"][-1] if s["step"] else -1},
-                hover=hover_template(spec.scale),
-            )
-            for s in series if spec.shows(s["name"])
-        ]
-        layout = titled_layout(spec.title, spec.y_title)
+        traces = [_run_trace(spec, s) for s in series if spec.shows(s["name"])]
+        layout = titled_layout(spec.title, spec.y_title, x_title=spec.x_title)
         layout["meta"] = live_style(spec.scale)
         if spec.key == "lr":
-            layout["yaxis"]["exponentformat"] = "e"
+            # A constant rate would otherwise sit mid-way on an axis from -1 to 1.
+            layout["yaxis"].update(exponentformat="e", rangemode="tozero")
+        if spec.key == "system":
+            _system_layout(layout)
         if not traces:
             _mark_empty(layout)
         figures[spec.key] = figure_json(traces, layout)
     return figures
 
 
+def _run_trace(spec: ChartSpec, s: dict[str, Any]) -> dict[str, Any]:
+    if spec.key == "system":
+        style = system_style(s["name"])
+        name, colour, extra = style["name"], style["colour"], {"yaxis": style["yaxis"]}
+    else:
+        name, colour, extra = s["name"], SPLIT_COLOURS.get(s["name"].split("/", 1)[0], OTHER_COLOUR), {}
+    return _line_trace(
+        name=name, x=s[spec.x], y=_scaled(s["value"], spec.scale), colour=colour,
+        total_points=max(s.get("total_points", 0), len(s["step"])),
+        # last_step: the live stream may resend points the page already has; the JS drops those.
+        meta={"metric": s["name"], "last_step": s["step"][-1] if s["step"] else -1},
+        hover=hover_template(spec.scale), **extra,
+    )
+
+
+def _system_layout(layout: dict[str, Any]) -> None:
+    """Stacked rows sharing the epoch axis, one per unit (SYSTEM_ROWS), each starting at zero."""
+    layout["height"] = SYSTEM_CHART_HEIGHT
+    for row in SYSTEM_ROWS:
+        layout["yaxis" + row.yaxis[1:]] = {"title": {"text": row.title}, "domain": list(row.domain), "anchor": "x",
+                                           "rangemode": "tozero", "zeroline": False, "showgrid": True}
+    layout["xaxis"]["anchor"] = SYSTEM_ROWS[-1].yaxis  # the epoch ticks under the bottom row
+    # What static/run_detail.js needs to place and colour a system series that arrives live.
+    layout["meta"]["system"] = {"rows": [{"suffix": row.suffix, "yaxis": row.yaxis} for row in SYSTEM_ROWS],
+                                "colours": SYSTEM_COLOURS, "names": METRIC_WORDS}
+
+
+def _axis_keys(layout: dict[str, Any]) -> list[str]:
+    """The layout's axes: "xaxis", "yaxis", "yaxis2", …"""
+    return [key for key in layout if key.startswith(("xaxis", "yaxis"))]
+
+
 def _mark_empty(layout: dict[str, Any]) -> None:
     """No axes, a note instead (static/run_detail.js restores the axes when the first points arrive)."""
-    layout["xaxis"]["visible"] = False
-    layout["yaxis"]["visible"] = False
+    for key in _axis_keys(layout):
+        layout[key]["visible"] = False
     layout["annotations"] = [{"text": "No data yet", "showarrow": False, "xref": "paper", "yref": "paper",
                               "x": 0.5, "y": 0.5, "font": {"size": 14}}]
 

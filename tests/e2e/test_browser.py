@@ -214,6 +214,12 @@ def watch_run_page(page: Any) -> None:
         "() => document.querySelector('[data-status-badge]').textContent.trim() === 'succeeded'",
         timeout=RUN_TIMEOUT_S * 1000)
     page.wait_for_function(CHART_HAS_POINTS, arg="chart-acc", timeout=PAGE_TIMEOUT_MS)
+    # The worker's first system sample (at the training's start), drawn on its unit's row, by wall time,
+    # whether it came with the page or live.
+    page.wait_for_function(CHART_HAS_POINTS, arg="chart-system", timeout=PAGE_TIMEOUT_MS)
+    rows = page.evaluate("() => Object.fromEntries(document.getElementById('chart-system').data"
+                         ".map((t) => [t.meta.metric, t.yaxis || 'y']))")
+    assert rows.get("system/cpu_percent") == "y" and rows.get("system/rss_mib") == "y2", rows
 
 
 def worker_of_the_run(page: Any, base: str, first: int) -> None:
