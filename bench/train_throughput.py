@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ml.batching import normalize  # noqa: E402
 from ml.config import TrainConfig, from_dict  # noqa: E402
-from ml.models import Dropout, build_model, get_spec  # noqa: E402
+from ml.models import ELU, Dropout, build_model, get_spec  # noqa: E402
 from ml.precision import choose_precision  # noqa: E402
 from ml.trainer import Callback, train  # noqa: E402
 
@@ -71,16 +71,19 @@ def bench_config(model: str, epochs: int, **overrides) -> TrainConfig:
                                    "protocol": "running", "early_stop_count": 0, "log_every": 50, **overrides})
 
 
-def with_stock_dropout(model: nn.Module) -> nn.Module:
-    """The model with torch's own nn.Dropout in place of ml.models.Dropout's cheaper CPU mask.
+def with_stock_modules(model: nn.Module) -> nn.Module:
+    """The model with torch's own nn.Dropout and nn.ELU in place of ml.models' CPU variants.
 
-    The bare loop stands for the study's plain PyTorch code, which used nn.Dropout.
+    The bare loop stands for the study's plain PyTorch code, which used nn.Dropout
+    and nn.ELU. (At fp32 ml.models.ELU is nn.ELU anyway; Dropout's mask is not.)
     """
     for name, child in model.named_children():
         if isinstance(child, Dropout):
             setattr(model, name, nn.Dropout(child.p))
+        elif isinstance(child, ELU):
+            setattr(model, name, nn.ELU(child.alpha))
         else:
-            with_stock_dropout(child)
+            with_stock_modules(child)
     return model
 
 
@@ -88,7 +91,7 @@ def bare_loop(model_name: str, config: TrainConfig, data: Splits, device: torch.
     """Images/s of the plainest fp32 loop over the same tensors: stock modules, no callbacks, no accumulators, NCHW."""
     torch.manual_seed(config.seed)
     began = time.perf_counter()
-    model = with_stock_dropout(build_model(model_name, config.model_options, pretrained=False)).to(device)
+    model = with_stock_modules(build_model(model_name, config.model_options, pretrained=False)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum) \
         if config.optimizer == "sgd" else torch.optim.Adam(model.parameters(), lr=config.lr)
     x, y = normalize(data.train.images, device), data.train.labels.to(device)
