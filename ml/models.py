@@ -47,12 +47,13 @@ class ELU(nn.ELU):
 class _ELUThroughExp(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, alpha: float) -> torch.Tensor:
-        negative = x.clamp(max=0).float().exp_().sub_(1)  # 0 where x >= 0
-        if alpha != 1:
-            negative.mul_(alpha)
         ctx.alpha = alpha
         ctx.save_for_backward(x)
-        return negative.add_(x.clamp(min=0)).to(x.dtype)
+        f = x.float()  # a copy: x is bf16 or fp16
+        negative = f.clamp(max=0).exp_().sub_(1)  # e^x - 1 on the negative side, 0 elsewhere
+        if alpha == 1:  # e^x - 1 >= x everywhere, so ELU is the larger of the two: one pass, no mask
+            return torch.maximum(f, negative, out=negative).to(x.dtype)
+        return negative.mul_(alpha).add_(f.clamp_(min=0)).to(x.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
