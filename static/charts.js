@@ -14,9 +14,9 @@
     return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
   }
 
-  // The layout's extra axes ("yaxis2", …: stacked rows), which get the theme like xaxis and yaxis.
-  function extraAxes(layout) {
-    return Object.keys(layout || {}).filter((key) => /^[xy]axis\d+$/.test(key));
+  // The layout's axes: "xaxis", "yaxis" and any stacked rows' "yaxis2", ….
+  function axisKeys(layout) {
+    return Object.keys(layout || {}).filter((key) => /^[xy]axis\d*$/.test(key));
   }
 
   // The theme-dependent part of a layout, from the CSS variables in static/app.css.
@@ -31,7 +31,7 @@
       xaxis: axis,
       yaxis: axis,
     };
-    extraAxes(layout).forEach((key) => { theme[key] = axis; });
+    axisKeys(layout).forEach((key) => { theme[key] = axis; });
     return theme;
   }
 
@@ -108,5 +108,5 @@
     draw(container);
   }
 
-  window.TBCharts = { draw, drawFigure, ema, themeLayout, PLOTLY_CONFIG };
+  window.TBCharts = { draw, drawFigure, ema, themeLayout, axisKeys, PLOTLY_CONFIG };
 })();

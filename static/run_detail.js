@@ -63,7 +63,7 @@
     if (gd.layout.annotations && gd.layout.annotations.length) {
       // The server drew an empty chart ("No data yet"): show the axes now.
       const shown = { annotations: [] };
-      Object.keys(gd.layout).filter((key) => /^[xy]axis\d*$/.test(key)).forEach((key) => { shown[key + ".visible"] = true; });
+      TBCharts.axisKeys(gd.layout).forEach((key) => { shown[key + ".visible"] = true; });
       Plotly.relayout(gd, shown);
     }
     const index = traceIndex(gd, fragment.name);

@@ -112,16 +112,17 @@ def metric_label(metric: str) -> str:
     return f"{split} {METRIC_WORDS.get(name, name)}" if name else metric
 
 
-def system_row(metric: str) -> SystemRow:
+def _system_row(metric: str) -> SystemRow:
     """The System chart's row for a `system/…` series, by its unit."""
     return next(row for row in SYSTEM_ROWS if metric.endswith(row.suffix))
 
 
-def system_style(metric: str) -> dict[str, str]:
-    """A system series' legend name, colour and y axis (also sent to the browser for series that arrive live)."""
+def _system_style(metric: str) -> dict[str, str]:
+    """A system series' legend name, colour and y axis (static/run_detail.js applies the same rules,
+    sent in layout.meta, to series that arrive live)."""
     name = metric.partition("/")[2]
     return {"name": METRIC_WORDS.get(name, name), "colour": SYSTEM_COLOURS.get(metric, OTHER_COLOUR),
-            "yaxis": system_row(metric).yaxis}
+            "yaxis": _system_row(metric).yaxis}
 
 
 def _scaled(values: Sequence[float | None], scale: float) -> list[float | None]:
@@ -188,7 +189,7 @@ def run_figures(series: list[dict[str, Any]]) -> dict[str, str]:
 
 def _run_trace(spec: ChartSpec, s: dict[str, Any]) -> dict[str, Any]:
     if spec.key == "system":
-        style = system_style(s["name"])
+        style = _system_style(s["name"])
         name, colour, extra = style["name"], style["colour"], {"yaxis": style["yaxis"]}
     else:
         name, colour, extra = s["name"], SPLIT_COLOURS.get(s["name"].split("/", 1)[0], OTHER_COLOUR), {}
@@ -202,12 +203,12 @@ def _run_trace(spec: ChartSpec, s: dict[str, Any]) -> dict[str, Any]:
 
 
 def _system_layout(layout: dict[str, Any]) -> None:
-    """Stacked rows sharing the epoch axis, one per unit (SYSTEM_ROWS), each starting at zero."""
+    """Stacked rows sharing the wall-time axis, one per unit (SYSTEM_ROWS), each starting at zero."""
     layout["height"] = SYSTEM_CHART_HEIGHT
     for row in SYSTEM_ROWS:
         layout["yaxis" + row.yaxis[1:]] = {"title": {"text": row.title}, "domain": list(row.domain), "anchor": "x",
                                            "rangemode": "tozero", "zeroline": False, "showgrid": True}
-    layout["xaxis"]["anchor"] = SYSTEM_ROWS[-1].yaxis  # the epoch ticks under the bottom row
+    layout["xaxis"]["anchor"] = SYSTEM_ROWS[-1].yaxis  # the time ticks under the bottom row
     # What static/run_detail.js needs to place and colour a system series that arrives live.
     layout["meta"]["system"] = {"rows": [{"suffix": row.suffix, "yaxis": row.yaxis} for row in SYSTEM_ROWS],
                                 "colours": SYSTEM_COLOURS, "names": METRIC_WORDS}
