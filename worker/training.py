@@ -131,16 +131,28 @@ class RunRecorder(Callback):
 
 
 class HangAtStep(Callback):
-    """Test-only: from step `step` on, the training thread blocks for ever, deaf to cancels and SIGTERM."""
+    """Test-only: from step `step` on, the training thread blocks for ever, deaf to cancels and SIGTERM.
+
+    Step 0 hangs at the training's start, before the trainer first checks for a stop, so a
+    test can rely on the hang however long the data took to load.
+    """
 
     def __init__(self, step: int) -> None:
         self.step = step
 
+    def on_train_start(self, info: Any) -> None:
+        if self.step == 0:
+            self._hang(0)
+
     def on_step(self, report: Any) -> None:
         if report.step >= self.step:
-            log.warning("%s: hanging at step %s", HANG_AT_STEP_VARIABLE, report.step)
-            while True:
-                time.sleep(3600)
+            self._hang(report.step)
+
+    @staticmethod
+    def _hang(step: int) -> None:
+        log.warning("%s: hanging at step %s", HANG_AT_STEP_VARIABLE, step)
+        while True:
+            time.sleep(3600)
 
 
 def hang_for_tests() -> list[Callback]:

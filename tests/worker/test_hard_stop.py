@@ -70,7 +70,9 @@ def test_hung_step_cancel_is_forced_and_recorded_cancelled(db, hard_stop_setting
 
 def test_run_past_max_run_seconds_in_hung_step_is_forced(db, hard_stop_settings, cifar_subset: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(HANG_AT_STEP_VARIABLE, "2")
+    # Hang at the start, before the first stop check: loading the data can outlast the 1 s limit
+    # on a busy machine, and a hang at a later step would then never be reached.
+    monkeypatch.setenv(HANG_AT_STEP_VARIABLE, "0")
     monkeypatch.setenv("MAX_RUN_SECONDS", "1")
     get_settings.cache_clear()
     run_id = db.queue(db.tiny_dataset(cifar_subset), **dict(TINY, epochs=50))
