@@ -68,7 +68,7 @@ def test_hung_step_cancel_is_forced_and_recorded_cancelled(db, hard_stop_setting
     assert reached_step(db, run_id, 2)  # the metrics written before the hang are kept
 
 
-def test_run_past_max_run_seconds_in_hung_step_is_forced(db, hard_stop_settings, cifar_subset: Path,
+def test_run_past_max_run_seconds_in_hung_training_is_forced(db, hard_stop_settings, cifar_subset: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # Hang at the start, before the first stop check: loading the data can outlast the 1 s limit
     # on a busy machine, and a hang at a later step would then never be reached.
