@@ -140,6 +140,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.batches < 2:
         parser.error("--batches must be at least 2 (the noise is a variance over batches)")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
 
     torch.manual_seed(args.seed)
     if args.checkpoint:
