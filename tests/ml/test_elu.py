@@ -28,6 +28,32 @@ def test_elu_reduced_precision_matches_torch_to_the_last_bit(dtype: torch.dtype)
     assert (out != stock).float().mean() < 1e-3
 
 
+def _every_value(dtype: torch.dtype) -> torch.Tensor:
+    """All 65,536 bit patterns of a 16-bit float dtype: every finite value, ±inf and the NaNs."""
+    return torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+
+
+def _through_exp_in_fp32(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The formula all in fp32, rounded once at the end.
+
+    alpha 1: max(x, e^min(x, 0) - 1), which is also exact for tiny negatives (|x| < 6e-8, where
+    fp32's e^x - 1 is 0 or -6e-8); otherwise alpha * (e^min(x, 0) - 1) + max(x, 0).
+    """
+    f = x.float()
+    expm1 = f.clamp(max=0).exp().sub(1)
+    return (torch.maximum(f, expm1) if alpha == 1 else expm1.mul(alpha) + f.clamp(min=0)).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_elu_reduced_precision_every_value_is_the_fp32_formula_rounded_once(dtype: torch.dtype, alpha: float) -> None:
+    """Rounding before the maximum (alpha 1) must not change a single bit: checked on every 16-bit value."""
+    x = _every_value(dtype)
+    out, expected = ELU(alpha=alpha)(x), _through_exp_in_fp32(x, alpha)
+    same = (out == expected) | (out.isnan() & expected.isnan())
+    assert out.dtype == dtype and bool(same.all()), x[~same][:5]
+
+
 def test_elu_alpha_scales_the_negative_side() -> None:
     x = _activations()
     torch.testing.assert_close(ELU(alpha=0.5)(x), F.elu(x, alpha=0.5), rtol=0, atol=1e-6)
