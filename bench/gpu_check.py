@@ -8,13 +8,15 @@ no pytest, no FastAPI, no Celery. Everything it needs from this project is `ml/`
 
 1. Checks (the CUDA-marked tests, as plain functions, so no pytest is needed):
    a training step, checkpoint save and resume, evaluation, at each precision
-   the device offers (bf16 and fp16 on CUDA; fp32 and, where native, bf16 on CPU).
+   the device offers (bf16 and fp16 on CUDA; fp32 and, where native, bf16 on CPU); on CUDA
+   also training from pinned host memory (the fallback for data larger than the GPU's memory).
 2. net2 on the full training set, with the study's protocol, for `--epochs` (10):
    (a) the study's loop: ImageFolder, per-image transforms, DataLoader, fp32;
    (b) the trainer, full protocol (evaluations on train/val/test every half epoch);
    (c) the trainer, running protocol.
    It prints images/s, training seconds, evaluation seconds, final val/test accuracy,
    and the ratios (b)/(a) and (c)/(a) of training throughput.
+   With --compile, last of all: (d) the running protocol with `compile: true`, cold and warm.
 3. worker.tasks.train_run end to end (SQLite, filesystem broker, a temporary DATA_DIR).
    The GPU machine's Python lacks Celery, SQLModel and pydantic, so `make gpu-deps`
    downloads them here as binary wheels for CPython 3.12 into .gpu-deps/ (about 11 MB),
@@ -164,18 +166,39 @@ CHECKS: list[Callable[[torch.device, Precision], str]] = [check_training_step, c
                                                           check_evaluation]
 
 
+def check_pinned_host_fallback(device: torch.device, precision: Precision) -> str:
+    """Data "too large" for the GPU (free memory stubbed to zero) trains from pinned host memory."""
+    import ml.trainer as trainer
+
+    real = trainer.data_placement
+    trainer.data_placement = lambda data_bytes, dev, free_bytes=None: real(data_bytes, dev, free_bytes=0)
+    try:
+        result = _train_tiny(device, precision)
+    finally:
+        trainer.data_placement = real
+    first, last = result.history[0]["metrics"], result.history[-1]["metrics"]
+    assert result.status == "completed", result.status
+    assert "pinned host memory" in result.data_placement, result.data_placement
+    assert last["val/loss"] < first["val/loss"], (first["val/loss"], last["val/loss"])
+    return f"{result.data_placement[:40]}...; val loss {first['val/loss']:.3f} -> {last['val/loss']:.3f}"
+
+
 def run_checks(device: torch.device) -> bool:
     ok = True
-    for precision in precisions_of(device):
-        for check in CHECKS:
-            began = time.perf_counter()
-            try:
-                detail = check(device, precision)
-                print(f"  PASS {check.__name__:<26} {precision.name:<5} {detail} ({time.perf_counter() - began:.1f} s)")
-            except Exception as err:
-                ok = False
-                print(f"  FAIL {check.__name__:<26} {precision.name:<5} {type(err).__name__}: {err}")
-                traceback.print_exc(limit=3)
+    precisions = precisions_of(device)
+    # Pinned host memory needs CUDA; one precision (the one the trainer picks) proves the copy path.
+    planned = [(check, p) for p in precisions for check in CHECKS]
+    if device.type == "cuda":
+        planned.append((check_pinned_host_fallback, choose_precision(device, True)))
+    for check, precision in planned:
+        began = time.perf_counter()
+        try:
+            detail = check(device, precision)
+            print(f"  PASS {check.__name__:<26} {precision.name:<5} {detail} ({time.perf_counter() - began:.1f} s)")
+        except Exception as err:
+            ok = False
+            print(f"  FAIL {check.__name__:<26} {precision.name:<5} {type(err).__name__}: {err}")
+            traceback.print_exc(limit=3)
     return ok
 
 
@@ -260,12 +283,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def trainer_loop(splits: Any, device: torch.device, epochs: int, protocol: str) -> dict[str, float]:
-    """(b)/(c) The trainer with the study's net2 recipe and `protocol`; evaluations timed apart."""
+def trainer_loop(splits: Any, device: torch.device, epochs: int, protocol: str,
+                 compile: bool = False) -> dict[str, float]:
+    """(b)/(c)/(d) The trainer with the study's net2 recipe and `protocol`; evaluations timed apart."""
     import ml.trainer as trainer
 
     config = from_dict(TrainConfig, {**get_spec("net2").defaults, "epochs": epochs, "protocol": protocol,
-                                     "early_stop_count": 0})
+                                     "early_stop_count": 0, "compile": compile})
     evaluate_all, eval_s = trainer._evaluate_all, [0.0]
 
     def timed_evaluation(run: Any) -> dict[str, float]:
@@ -293,7 +317,7 @@ def trainer_loop(splits: Any, device: torch.device, epochs: int, protocol: str) 
 
 
 def run_timing(root: Path, device: torch.device, epochs: int, limit: int | None, limit_test: int | None,
-               skip_study: bool) -> None:
+               skip_study: bool) -> tuple[Any, dict[str, dict[str, float]]]:
     from ml.data import load_splits
 
     began = time.perf_counter()
@@ -313,6 +337,17 @@ def run_timing(root: Path, device: torch.device, epochs: int, limit: int | None,
         base = rows["(a) study loop, fp32"]["images_per_s"]
         print(f"ratio (b)/(a) {rows['(b) trainer, full']['images_per_s'] / base:.2f}x, "
               f"(c)/(a) {rows['(c) trainer, running']['images_per_s'] / base:.2f}x (training images/s)")
+    return splits, rows
+
+
+def run_compile_timing(splits: Any, device: torch.device, epochs: int, eager: dict[str, float]) -> None:
+    """(d) The running protocol with `compile: true`, twice: cold (compiling counts as training time),
+    then with inductor's caches warm (a new model still re-traces, but reuses compiled kernels)."""
+    for key in ("(d) compiled, cold", "(d) compiled, warm"):
+        row = trainer_loop(splits, device, epochs, "running", compile=True)
+        print_row(key, row)
+        print(f"    {row['train_s'] - eager['train_s']:+.1f} s of training time against (c) eager "
+              f"({row['images_per_s'] / eager['images_per_s']:.2f}x images/s)", flush=True)
 
 
 def print_row(name: str, r: dict[str, float]) -> None:
@@ -419,6 +454,8 @@ def main() -> int:
     parser.add_argument("--limit-train", type=int, default=None, help="default: all on CUDA, 5000 on CPU")
     parser.add_argument("--limit-test", type=int, default=None, help="default: all on CUDA, 1000 on CPU")
     parser.add_argument("--skip-study", action="store_true", help="leave out (a), the study's DataLoader loop")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time (d): the running protocol with compile: true, cold and warm, after the rest")
     parser.add_argument("--checks-only", action="store_true")
     parser.add_argument("--end-to-end-only", action="store_true", help="only the worker.tasks.train_run step")
     args = parser.parse_args()
@@ -437,14 +474,18 @@ def main() -> int:
         limit = args.limit_train if args.limit_train is not None else (None if cuda else 5000)
         limit_test = args.limit_test if args.limit_test is not None else (None if cuda else 1000)
         root = dataset_root(args.data)
+        timed = None
         if not args.end_to_end_only:
-            run_timing(root, device, epochs, limit, limit_test, args.skip_study)
+            timed = run_timing(root, device, epochs, limit, limit_test, args.skip_study)
         try:
             ok = run_worker_end_to_end(root, limit or 5000) and ok
         except Exception:  # noqa: BLE001 - the device session's log must show the failure, then the verdict
             print("end to end: FAILED")
             traceback.print_exc()
             ok = False
+        if args.compile and timed:  # last: compiling is the slowest and least certain step
+            splits, rows = timed
+            run_compile_timing(splits, device, epochs, rows["(c) trainer, running"])
     print(f"done in {time.perf_counter() - began:.0f} s; checks {'passed' if ok else 'FAILED'}")
     return 0 if ok else 1
 
