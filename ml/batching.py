@@ -56,6 +56,14 @@ def place(images: torch.Tensor, device: torch.device, placement: str) -> torch.T
     return images.to(device)
 
 
+def with_index(device: torch.device) -> torch.device:
+    """`device` with its index: "cuda" names the current GPU, but a tensor there reports "cuda:0",
+    and torch.device("cuda") != torch.device("cuda:0"), so comparisons need the index filled in."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop with `pad` px of zero padding plus a random horizontal flip, for a whole batch."""
     n = len(x)
@@ -100,7 +108,7 @@ class BatchLoader:
                  device: torch.device | str | None = None):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.device = torch.device(device) if device is not None else images.device
+        self.device = with_index(torch.device(device) if device is not None else images.device)
         self.images, self.labels = images, labels.to(self.device)
         # x * scale - shift == (x / 255 - mean) / std, with both on the device once (no copy per batch).
         std = torch.tensor(CIFAR_STD, device=self.device).view(1, 3, 1, 1)
