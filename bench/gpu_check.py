@@ -107,13 +107,13 @@ def precisions_of(device: torch.device) -> list[Precision]:
 
 
 def _train_tiny(device: torch.device, precision: Precision, checkpoint: Path | None = None,
-                resume_from: Path | None = None, epochs: int = 1):
+                resume_from: Path | None = None, epochs: int = 1, **overrides: Any):
     """The trainer on tiny data at `precision` (by stubbing the choice, so each precision runs anywhere)."""
     import ml.trainer as trainer
 
     config = from_dict(TrainConfig, {**get_spec("task1").defaults, "epochs": epochs, "log_every": 2,
                                      "eval_every": 0.5, "early_stop_count": 0, "batch_size": 32,
-                                     "amp": precision.name != "fp32"})
+                                     "amp": precision.name != "fp32", **overrides})
     original = trainer.choose_precision
     trainer.choose_precision = lambda dev, amp: precision
     try:
@@ -188,6 +188,34 @@ def check_pinned_host_fallback(device: torch.device, precision: Precision) -> st
     return f"pinned host memory; val loss {first['val/loss']:.3f} -> {last['val/loss']:.3f}"
 
 
+def check_graphed_step(device: torch.device, precision: Precision) -> str:
+    """The step replayed as a CUDA graph: captured (not fallen back), and it trains as the eager step does."""
+    import ml.trainer as trainer
+
+    made: list[Any] = []
+
+    class Recorded(trainer.GraphedStep):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    original = trainer.GraphedStep
+    trainer.GraphedStep = Recorded
+    try:
+        graphed = _train_tiny(device, precision, epochs=2, protocol="running", momentum=0.9)
+    finally:
+        trainer.GraphedStep = original
+    eager = _train_tiny(device, precision, epochs=2, protocol="running", momentum=0.9, cuda_graphs=False)
+    assert made, "no GraphedStep was made"
+    assert made[0].failed is None, made[0].failed
+    assert made[0].graph is not None, "never captured"
+    first, a, b = graphed.history[0]["metrics"]["val/loss"], graphed.final["val/loss"], eager.final["val/loss"]
+    assert a < first, ("the replayed steps did not train", first, a)
+    # Not bit for bit: the graph's dropout masks and the update's rounding differ from the eager step's.
+    assert abs(a - b) <= 0.15 * max(1.0, abs(b)), (a, b)
+    return f"val loss {first:.4f} -> graphed {a:.4f}, eager {b:.4f}"
+
+
 def run_checks(device: torch.device) -> bool:
     ok = True
     precisions = precisions_of(device)
@@ -195,6 +223,8 @@ def run_checks(device: torch.device) -> bool:
     planned = [(check, p) for p in precisions for check in CHECKS]
     if device.type == "cuda":
         planned.append((check_pinned_host_fallback, choose_precision(device, True)))
+        # fp16 steps stay eager (the scaler syncs); fp32 and bf16 replay a graph.
+        planned += [(check_graphed_step, p) for p in precisions if not p.grad_scaler]
     for check, precision in planned:
         began = time.perf_counter()
         try:
@@ -289,12 +319,13 @@ def _sync(device: torch.device) -> None:
 
 
 def trainer_loop(splits: Any, device: torch.device, epochs: int, protocol: str,
-                 compile: bool = False) -> dict[str, float]:
+                 compile: bool = False, cuda_graphs: bool = True) -> dict[str, float]:
     """(b)/(c)/(d) The trainer with the study's net2 recipe and `protocol`; evaluations timed apart."""
     import ml.trainer as trainer
 
     config = from_dict(TrainConfig, {**get_spec("net2").defaults, "epochs": epochs, "protocol": protocol,
-                                     "early_stop_count": 0, "compile": compile})
+                                     "early_stop_count": 0, "compile": compile,
+                                     "cuda_graphs": cuda_graphs})
     evaluate_all, eval_s = trainer._evaluate_all, [0.0]
 
     def timed_evaluation(run: Any) -> dict[str, float]:
@@ -322,7 +353,7 @@ def trainer_loop(splits: Any, device: torch.device, epochs: int, protocol: str,
 
 
 def run_timing(root: Path, device: torch.device, epochs: int, limit: int | None, limit_test: int | None,
-               skip_study: bool) -> tuple[Any, dict[str, dict[str, float]]]:
+               skip_study: bool, eager_too: bool = False) -> tuple[Any, dict[str, dict[str, float]]]:
     from ml.data import load_splits
 
     began = time.perf_counter()
@@ -342,17 +373,23 @@ def run_timing(root: Path, device: torch.device, epochs: int, limit: int | None,
         base = rows["(a) study loop, fp32"]["images_per_s"]
         print(f"ratio (b)/(a) {rows['(b) trainer, full']['images_per_s'] / base:.2f}x, "
               f"(c)/(a) {rows['(c) trainer, running']['images_per_s'] / base:.2f}x (training images/s)")
+    if eager_too and device.type == "cuda":
+        key = "(e) (c) with eager steps"
+        rows[key] = trainer_loop(splits, device, epochs, "running", cuda_graphs=False)
+        print_row(key, rows[key])
+        print(f"    CUDA graphs: {rows[key]['train_s'] / rows['(c) trainer, running']['train_s']:.2f}x less "
+              f"training time than eager steps", flush=True)
     return splits, rows
 
 
-def run_compile_timing(splits: Any, device: torch.device, epochs: int, eager: dict[str, float]) -> None:
+def run_compile_timing(splits: Any, device: torch.device, epochs: int, uncompiled: dict[str, float]) -> None:
     """(d) The running protocol with `compile: true`, twice: cold (compiling counts as training time),
     then with inductor's caches warm (a new model still re-traces, but reuses compiled kernels)."""
     for key in ("(d) compiled, cold", "(d) compiled, warm"):
         row = trainer_loop(splits, device, epochs, "running", compile=True)
         print_row(key, row)
-        print(f"    {row['train_s'] - eager['train_s']:+.1f} s of training time against (c) eager "
-              f"({row['images_per_s'] / eager['images_per_s']:.2f}x images/s)", flush=True)
+        print(f"    {row['train_s'] - uncompiled['train_s']:+.1f} s of training time against (c) "
+              f"({row['images_per_s'] / uncompiled['images_per_s']:.2f}x images/s)", flush=True)
 
 
 def print_row(name: str, r: dict[str, float]) -> None:
@@ -461,6 +498,9 @@ def main() -> int:
     parser.add_argument("--skip-study", action="store_true", help="leave out (a), the study's DataLoader loop")
     parser.add_argument("--compile", action="store_true",
                         help="also time (d): the running protocol with compile: true, cold and warm, after the rest")
+    parser.add_argument("--eager-too", action="store_true",
+                        help="on CUDA, also time (e): (c) with cuda_graphs off, the steps launched op by op")
+    parser.add_argument("--skip-end-to-end", action="store_true", help="leave out the worker.tasks.train_run step")
     parser.add_argument("--checks-only", action="store_true")
     parser.add_argument("--end-to-end-only", action="store_true", help="only the worker.tasks.train_run step")
     args = parser.parse_args()
@@ -481,9 +521,10 @@ def main() -> int:
         root = dataset_root(args.data)
         timed = None
         if not args.end_to_end_only:
-            timed = run_timing(root, device, epochs, limit, limit_test, args.skip_study)
+            timed = run_timing(root, device, epochs, limit, limit_test, args.skip_study, args.eager_too)
         try:
-            ok = run_worker_end_to_end(root, limit or 5000) and ok
+            if not args.skip_end_to_end:
+                ok = run_worker_end_to_end(root, limit or 5000) and ok
         except Exception:  # noqa: BLE001 - the device session's log must show the failure, then the verdict
             print("end to end: FAILED")
             traceback.print_exc()

@@ -73,6 +73,9 @@ class TrainConfig:
     )
     compile: bool = field(default=False, metadata=_spec(
         "torch.compile the model (a minute or more of compiling first; see docs/benchmarks.md for when it pays)"))
+    cuda_graphs: bool = field(default=True, metadata=_spec(
+        "On a GPU, capture the training step (SGD, bf16 or fp32) once as a CUDA graph and replay it: "
+        "one launch a step instead of hundreds; no effect on CPUs"))
 
 
 @dataclass

@@ -42,10 +42,14 @@ class Precision:
     def autocast_dtype(self) -> torch.dtype | None:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
 
-    def autocast(self) -> AbstractContextManager:
-        """The forward pass's context: autocast at this precision, or nothing for fp32."""
+    def autocast(self, cache_enabled: bool = True) -> AbstractContextManager:
+        """The forward pass's context: autocast at this precision, or nothing for fp32.
+
+        `cache_enabled=False` inside a CUDA graph capture: cached casts would outlive the capture."""
         dtype = self.autocast_dtype
-        return torch.autocast(self.device_type, dtype=dtype) if dtype is not None else nullcontext()
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=dtype, cache_enabled=cache_enabled)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model

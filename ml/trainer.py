@@ -21,6 +21,7 @@ from torch import nn
 from ml.batching import BatchLoader, data_placement, place
 from ml.config import ConfigError, TrainConfig, from_dict, to_dict, validate
 from ml.files import atomic_write
+from ml.graphed import GraphedStep, StepOutputs, forward_backward, why_not_graphed
 from ml.models import build_model, count_parameters
 from ml.precision import FP32_CPU, Precision, choose_precision
 
@@ -43,6 +44,7 @@ class TrainStart:
     num_test: int
     precision: str = "fp32"  # Precision.describe(): what the run computes at, and why
     data_placement: str = ""  # where the training data sits (device memory, or pinned host memory and why)
+    step_mode: str = ""  # on a GPU: whether training steps replay a CUDA graph, and why not
 
 
 @dataclass
@@ -210,6 +212,8 @@ class _Run:
     precision: Precision = FP32_CPU
     data_placement: str = ""
     scaler: torch.amp.GradScaler | None = None  # fp16 only
+    graphed: GraphedStep | None = None  # on a GPU: the step replayed as a CUDA graph
+    step_mode: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     step: int = 0
     # Device-side accumulators since the last report / evaluation (no host sync per step).
@@ -243,27 +247,34 @@ def _zero(device: torch.device, dtype=torch.float32) -> torch.Tensor:
     return torch.zeros((), device=device, dtype=dtype)
 
 
-def train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> None:
-    """One optimizer step; the loss stays on the device."""
+def eager_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> StepOutputs:
+    """One optimizer step, launched op by op; the loss (and correct count) stay on the device."""
+    count_correct = run.config.protocol == "running"
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scaler is None:
+        outputs = forward_backward(run.model, run.precision, x, y, count_correct=count_correct)
+        run.optimizer.step()
+        return outputs
+    # fp16: scale the loss so that small gradients do not underflow
     with run.precision.autocast():
         out = run.model(run.precision.prepare_input(x))
         loss = F.cross_entropy(out.float(), y)
-    run.optimizer.zero_grad(set_to_none=True)
-    if run.scaler is None:
-        loss.backward()
-        run.optimizer.step()
-    else:  # fp16: scale the loss so that small gradients do not underflow
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return loss.detach(), (out.detach().argmax(1) == y).sum() if count_correct else None
+
+
+def train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One optimizer step, replayed as a CUDA graph where it can be; no host sync."""
+    loss, correct = run.graphed(x, y) if run.graphed is not None else eager_step(run, x, y)
     run.step += 1
-    detached = loss.detach()
-    run.report_loss += detached
+    run.report_loss += loss
     run.report_steps += 1
     run.report_images += len(y)
-    if run.config.protocol == "running":
-        run.since_eval_loss += detached * len(y)
-        run.since_eval_correct += (out.detach().argmax(1) == y).sum()
+    if correct is not None:
+        run.since_eval_loss += loss * len(y)
+        run.since_eval_correct += correct
         run.since_eval_images += len(y)
 
 
@@ -436,9 +447,25 @@ def train(model_name: str, config: TrainConfig, splits: Any, *, device: str | to
                steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * config.epochs,
                parameters=count_parameters(model), precision=precision, scaler=precision.make_scaler(),
                data_placement=data_note)
+    _plan_steps(run)
     if resume_from is not None:
         _restore(run, load_checkpoint(resume_from, map_location=device))
     return _fit(run, splits)
+
+
+def _plan_steps(run: _Run) -> None:
+    """On a GPU, replay the training step as a CUDA graph when it can be; say which, and why."""
+    if run.device.type != "cuda":
+        return  # nothing to say on a CPU: its steps are always eager
+    why_not = why_not_graphed(run.optimizer, device=run.device, scaler=run.scaler, compiled=run.config.compile,
+                              enabled=run.config.cuda_graphs)
+    if why_not is not None:
+        run.step_mode = f"training steps: eager ({why_not})"
+        return
+    run.graphed = GraphedStep(run.model, run.optimizer, run.precision, run.device,
+                              count_correct=run.config.protocol == "running",
+                              eager_step=lambda x, y: eager_step(run, x, y))
+    run.step_mode = run.graphed.describe()
 
 
 def check_batch_fits(config: TrainConfig, num_train: int) -> None:
@@ -468,7 +495,7 @@ def _fit(run: _Run, splits: Any) -> TrainResult:
         total_steps=run.total_steps, steps_per_epoch=run.steps_per_epoch, start_step=run.step,
         parameters=run.parameters, trainable_parameters=count_parameters(run.model, trainable_only=True),
         device=str(run.device), num_train=len(splits.train), num_val=len(splits.val), num_test=len(splits.test),
-        precision=run.precision.describe(), data_placement=run.data_placement))
+        precision=run.precision.describe(), data_placement=run.data_placement, step_mode=run.step_mode))
     try:
         status = "early_stopped" if _train_epochs(run) else "completed"
     except TrainingCancelled:

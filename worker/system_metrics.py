@@ -214,5 +214,7 @@ class EnvironmentRecorder(Callback):
             self.store.add_event("info", f"precision: {info.precision}")
             if info.data_placement:
                 self.store.add_event("info", info.data_placement)
+            if info.step_mode:
+                self.store.add_event("info", info.step_mode)
         except Exception as err:
             log.warning("recording the run's environment failed: %s: %s", type(err).__name__, err)

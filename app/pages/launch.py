@@ -34,7 +34,7 @@ HYPERPARAMETER_SECTIONS: dict[str, tuple[str, ...]] = {
     "Schedule": ("scheduler", "gamma", "milestones"),
     "Training": ("epochs", "batch_size", "drop_last", "early_stop_count", "eval_every", "protocol", "val_fraction",
                  "seed", "log_every"),
-    "Model": ("pretrained", "amp", "compile", "model_options"),
+    "Model": ("pretrained", "amp", "compile", "cuda_graphs", "model_options"),
 }
 SWEEPABLE_KINDS = ("int", "float", "choice", "bool")
 CONSTRAINT_SYMBOLS = (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤"))
