@@ -353,7 +353,8 @@ def trainer_loop(splits: Any, device: torch.device, epochs: int, protocol: str,
 
 
 def run_timing(root: Path, device: torch.device, epochs: int, limit: int | None, limit_test: int | None,
-               skip_study: bool, eager_too: bool = False) -> tuple[Any, dict[str, dict[str, float]]]:
+               skip_study: bool, eager_too: bool = False,
+               benchmark_too: bool = False) -> tuple[Any, dict[str, dict[str, float]]]:
     from ml.data import load_splits
 
     began = time.perf_counter()
@@ -379,6 +380,14 @@ def run_timing(root: Path, device: torch.device, epochs: int, limit: int | None,
         print_row(key, rows[key])
         print(f"    CUDA graphs: {rows[key]['train_s'] / rows['(c) trainer, running']['train_s']:.2f}x less "
               f"training time than eager steps", flush=True)
+    if benchmark_too and device.type == "cuda":  # does cuDNN's autotuning pay for these small convolutions?
+        key = "(f) (c) with cudnn.benchmark"
+        torch.backends.cudnn.benchmark = True
+        try:
+            rows[key] = trainer_loop(splits, device, epochs, "running")
+        finally:
+            torch.backends.cudnn.benchmark = False
+        print_row(key, rows[key])
     return splits, rows
 
 
@@ -500,6 +509,8 @@ def main() -> int:
                         help="also time (d): the running protocol with compile: true, cold and warm, after the rest")
     parser.add_argument("--eager-too", action="store_true",
                         help="on CUDA, also time (e): (c) with cuda_graphs off, the steps launched op by op")
+    parser.add_argument("--benchmark-too", action="store_true",
+                        help="on CUDA, also time (f): (c) with torch.backends.cudnn.benchmark on")
     parser.add_argument("--skip-end-to-end", action="store_true", help="leave out the worker.tasks.train_run step")
     parser.add_argument("--checks-only", action="store_true")
     parser.add_argument("--end-to-end-only", action="store_true", help="only the worker.tasks.train_run step")
@@ -521,7 +532,8 @@ def main() -> int:
         root = dataset_root(args.data)
         timed = None
         if not args.end_to_end_only:
-            timed = run_timing(root, device, epochs, limit, limit_test, args.skip_study, args.eager_too)
+            timed = run_timing(root, device, epochs, limit, limit_test, args.skip_study, args.eager_too,
+                               args.benchmark_too)
         try:
             if not args.skip_end_to_end:
                 ok = run_worker_end_to_end(root, limit or 5000) and ok
