@@ -124,3 +124,91 @@ def test_sgd_update_follows_the_lr_after_a_resume_replaces_the_param_groups() ->
     optimizer.load_state_dict(saved)  # new group dicts, as _restore does
     update.sync_lr()
     assert update.lr.item() == pytest.approx(0.003)
+
+
+# ------------------------------------------------------- GraphedStep's flow ---
+# CUDA cannot run here, so these fake its stream and graph calls (and only those) to check
+# GraphedStep's bookkeeping: warm-ups, one capture, replays, odd batches, and the fallback.
+# The real capture and replay are checked on a GPU by bench/gpu_check.py (check_graphed_step).
+
+class _FakeGraph:
+    replays = 0
+
+    def replay(self) -> None:
+        _FakeGraph.replays += 1
+
+
+def _fake_cuda(monkeypatch, capture_fails: bool) -> list[str]:
+    import contextlib
+
+    class Stream:
+        def __init__(self, *args, **kwargs) -> None: ...
+        def wait_stream(self, other) -> None: ...
+
+    captured: list[str] = []
+
+    @contextlib.contextmanager
+    def graph(cuda_graph, capture_error_mode="global"):
+        captured.append(capture_error_mode)
+        if capture_fails:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        yield
+
+    _FakeGraph.replays = 0
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    return captured
+
+
+def _graphed_step():
+    from ml.graphed import GraphedStep
+
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    eager_calls = []
+
+    def eager(x, y):
+        eager_calls.append(len(y))
+        optimizer.zero_grad(set_to_none=True)
+        outputs = forward_backward(model, FP32_CPU, x, y, count_correct=True)
+        optimizer.step()
+        return outputs
+
+    step = GraphedStep(model, optimizer, FP32_CPU, torch.device("cpu"), count_correct=True, eager_step=eager)
+    return step, eager_calls
+
+
+def _batch(n: int = 8):
+    return torch.randn(n, 6), torch.randint(0, 3, (n,))
+
+
+def test_graphed_step_warms_up_then_captures_once_and_replays(monkeypatch) -> None:
+    from ml.graphed import WARMUP_STEPS
+
+    captured = _fake_cuda(monkeypatch, capture_fails=False)
+    step, eager_calls = _graphed_step()
+    for _ in range(WARMUP_STEPS + 4):
+        loss, correct = step(*_batch())
+    assert eager_calls == [8] * WARMUP_STEPS  # the warm-ups; every later step is a replay
+    assert captured == ["thread_local"] and _FakeGraph.replays == 4
+    assert loss is step.static_loss and correct is step.static_correct
+    step(*_batch(5))  # an odd-sized batch cannot replay a graph made for 8
+    assert eager_calls[-1] == 5 and _FakeGraph.replays == 4
+    assert "one CUDA graph replay each" in step.describe()
+
+
+def test_graphed_step_falls_back_to_eager_when_the_capture_fails(monkeypatch) -> None:
+    from ml.graphed import WARMUP_STEPS
+
+    captured = _fake_cuda(monkeypatch, capture_fails=True)
+    step, eager_calls = _graphed_step()
+    for _ in range(WARMUP_STEPS + 3):
+        loss, _ = step(*_batch())
+    assert len(captured) == 1 and _FakeGraph.replays == 0  # tried once, never again
+    assert len(eager_calls) == WARMUP_STEPS + 3 and torch.isfinite(loss)
+    assert step.failed.startswith("RuntimeError") and "capture failed" in step.describe()
+    assert all(p.grad is not None for p in step.model.parameters())  # the eager steps after it still train
