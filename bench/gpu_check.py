@@ -45,9 +45,10 @@ import tarfile
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -188,8 +189,9 @@ def check_pinned_host_fallback(device: torch.device, precision: Precision) -> st
     return f"pinned host memory; val loss {first['val/loss']:.3f} -> {last['val/loss']:.3f}"
 
 
-def check_graphed_step(device: torch.device, precision: Precision) -> str:
-    """The step replayed as a CUDA graph: captured (not fallen back), and it trains as the eager step does."""
+@contextmanager
+def recording_graphed_steps() -> Iterator[list[Any]]:
+    """The GraphedSteps the trainer makes inside the block, so that a caller can look at their graphs."""
     import ml.trainer as trainer
 
     made: list[Any] = []
@@ -202,9 +204,15 @@ def check_graphed_step(device: torch.device, precision: Precision) -> str:
     original = trainer.GraphedStep
     trainer.GraphedStep = Recorded
     try:
-        graphed = _train_tiny(device, precision, epochs=2, protocol="running", momentum=0.9)
+        yield made
     finally:
         trainer.GraphedStep = original
+
+
+def check_graphed_step(device: torch.device, precision: Precision) -> str:
+    """The step replayed as a CUDA graph: captured (not fallen back), and it trains as the eager step does."""
+    with recording_graphed_steps() as made:
+        graphed = _train_tiny(device, precision, epochs=2, protocol="running", momentum=0.9)
     eager = _train_tiny(device, precision, epochs=2, protocol="running", momentum=0.9, cuda_graphs=False)
     assert made, "no GraphedStep was made"
     assert made[0].failed is None, made[0].failed
@@ -339,17 +347,36 @@ def trainer_loop(splits: Any, device: torch.device, epochs: int, protocol: str,
 
     trainer._evaluate_all = timed_evaluation
     try:
-        _sync(device)
-        began = time.perf_counter()
-        result = train("net2", config, splits, device=device)
-        _sync(device)
-        wall = time.perf_counter() - began
+        with recording_graphed_steps() as made:
+            _sync(device)
+            began = time.perf_counter()
+            result = train("net2", config, splits, device=device)
+            _sync(device)
+            wall = time.perf_counter() - began
     finally:
         trainer._evaluate_all = evaluate_all
     train_s = wall - eval_s[0]
     images = result.steps * config.batch_size
-    return {"images_per_s": images / train_s, "train_s": train_s, "eval_s": eval_s[0],
-            "val_acc": result.final.get("val/acc", float("nan")), "test_acc": result.final.get("test/acc", float("nan"))}
+    row = {"images_per_s": images / train_s, "train_s": train_s, "eval_s": eval_s[0],
+           "step_ms": 1000 * train_s / max(result.steps, 1),
+           "val_acc": result.final.get("val/acc", float("nan")), "test_acc": result.final.get("test/acc", float("nan"))}
+    if made and made[0].graph is not None:
+        row["replay_ms"] = replay_ms(made[0].graph)
+    return row
+
+
+def replay_ms(graph: Any, replays: int = 200) -> float:
+    """The GPU time of one replay of the captured step, back to back with no host work between:
+    what a step costs the GPU, against the whole step's time (the batch, the copies, the bookkeeping).
+    It trains the finished model on its last batch a few hundred more times; the figures are already taken."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / replays
 
 
 def run_timing(root: Path, device: torch.device, epochs: int, limit: int | None, limit_test: int | None,
@@ -404,6 +431,9 @@ def run_compile_timing(splits: Any, device: torch.device, epochs: int, uncompile
 def print_row(name: str, r: dict[str, float]) -> None:
     print(f"  {name:<24} {r['images_per_s']:>9,.0f} img/s  train {r['train_s']:7.1f} s  eval {r['eval_s']:6.1f} s  "
           f"val {100 * r['val_acc']:5.2f}%  test {100 * r['test_acc']:5.2f}%", flush=True)
+    if "replay_ms" in r:
+        print(f"    a step: {r['step_ms']:.3f} ms in training; the graph's replay alone {r['replay_ms']:.3f} ms "
+              f"of GPU time", flush=True)
 
 
 # -------------------------------------------------------------- end to end ---
