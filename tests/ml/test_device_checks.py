@@ -42,6 +42,15 @@ def test_device_check_passes_on_cuda(check, bf16: bool) -> None:
     assert check(torch.device("cuda"), choose_precision("cuda", True, cuda_bf16=bf16))
 
 
+@pytest.mark.cuda
+@no_cuda
+@pytest.mark.parametrize("check", [gpu_check.check_pinned_host_fallback, gpu_check.check_graphed_step],
+                         ids=lambda c: c.__name__)
+def test_cuda_only_check_passes_on_cuda(check) -> None:
+    # Pinned host memory and CUDA graphs exist on CUDA only; bench/gpu_check.py ran both on an H200.
+    assert check(torch.device("cuda"), choose_precision("cuda", True))
+
+
 def test_device_check_fails_when_training_diverges(monkeypatch) -> None:
     # A check that cannot fail proves nothing: a learning rate that blows up must fail it.
     original = gpu_check.from_dict
