@@ -43,12 +43,14 @@ StepOutputs = tuple[torch.Tensor, torch.Tensor | None]  # the batch's mean loss,
 
 
 def forward_backward(model: nn.Module, precision: Precision, x: torch.Tensor, y: torch.Tensor, *,
-                     count_correct: bool, cache_casts: bool = True) -> StepOutputs:
-    """Forward at `precision`, loss in fp32, backward. Gradients must be None or zero before."""
+                     count_correct: bool, cache_casts: bool = True,
+                     scale: Callable[[torch.Tensor], torch.Tensor] | None = None) -> StepOutputs:
+    """Forward at `precision`, loss in fp32, backward (of `scale(loss)` when given: fp16's loss scaling).
+    Gradients must be None or zero before."""
     with precision.autocast(cache_enabled=cache_casts):
         out = model(precision.prepare_input(x))
         loss = F.cross_entropy(out.float(), y)
-    loss.backward()
+    (scale(loss) if scale is not None else loss).backward()
     correct = (out.detach().argmax(1) == y).sum() if count_correct else None
     return loss.detach(), correct
 

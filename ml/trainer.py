@@ -254,15 +254,12 @@ def eager_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> StepOutputs:
     if run.scaler is None:
         outputs = forward_backward(run.model, run.precision, x, y, count_correct=count_correct)
         run.optimizer.step()
-        return outputs
-    # fp16: scale the loss so that small gradients do not underflow
-    with run.precision.autocast():
-        out = run.model(run.precision.prepare_input(x))
-        loss = F.cross_entropy(out.float(), y)
-    run.scaler.scale(loss).backward()
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    return loss.detach(), (out.detach().argmax(1) == y).sum() if count_correct else None
+    else:  # fp16: scale the loss so that small gradients do not underflow
+        outputs = forward_backward(run.model, run.precision, x, y, count_correct=count_correct,
+                                   scale=run.scaler.scale)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    return outputs
 
 
 def train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> None:

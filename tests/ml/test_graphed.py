@@ -212,3 +212,21 @@ def test_graphed_step_falls_back_to_eager_when_the_capture_fails(monkeypatch) ->
     assert len(eager_calls) == WARMUP_STEPS + 3 and torch.isfinite(loss)
     assert step.failed.startswith("RuntimeError") and "capture failed" in step.describe()
     assert all(p.grad is not None for p in step.model.parameters())  # the eager steps after it still train
+
+
+def test_trainer_fp16_with_scaler_steps_eagerly_and_trains(synthetic_splits, monkeypatch) -> None:
+    # The scaler's path through eager_step (pre-Ampere GPUs), run here on the CPU's fp16 autocast.
+    import ml.trainer as trainer
+    from ml.precision import Precision
+
+    fp16 = Precision("fp16", "cpu", channels_last=False, grad_scaler=True, reason="forced by the test")
+    monkeypatch.setattr(trainer, "choose_precision", lambda device, amp: fp16)
+    scaled = []
+    original = torch.amp.GradScaler.scale
+    monkeypatch.setattr(torch.amp.GradScaler, "scale", lambda self, loss: scaled.append(1) or original(self, loss))
+    values = {"epochs": 1, "batch_size": 16, "log_every": 5, "protocol": "running", "eval_every": 0.5}
+    result = trainer.train("task1", from_dict(TrainConfig, values), synthetic_splits, device="cpu")
+    assert result.status == "completed" and len(scaled) == result.steps > 0
+    first, last = result.history[0]["metrics"], result.history[-1]["metrics"]
+    assert all(torch.isfinite(torch.tensor(v)) for v in last.values())
+    assert last["train/loss"] > 0 and first["val/loss"] != last["val/loss"]
