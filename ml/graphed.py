@@ -127,13 +127,14 @@ class GraphedStep:
     Call it with each batch; it returns the batch's loss (and correct count when asked) as
     tensors on the device, valid until the next call. The first WARMUP_STEPS calls, and any
     batch of another size, run `eager_step`. When the capture fails, it says why in
-    `failed` and every later step runs eagerly: the training goes on either way.
+    `failed` and to `notify`, and every later step runs eagerly: the training goes on either way.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.SGD, precision: Precision, device: torch.device,
-                 *, count_correct: bool, eager_step: Callable[[torch.Tensor, torch.Tensor], StepOutputs]):
+                 *, count_correct: bool, eager_step: Callable[[torch.Tensor, torch.Tensor], StepOutputs],
+                 notify: Callable[[str], None] = lambda message: None):
         self.model, self.optimizer, self.precision, self.device = model, optimizer, precision, device
-        self.count_correct, self.eager_step = count_correct, eager_step
+        self.count_correct, self.eager_step, self.notify = count_correct, eager_step, notify
         self.update = SGDUpdate(optimizer, device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.failed: str | None = None
@@ -179,7 +180,6 @@ class GraphedStep:
                 raise RuntimeError("SGD made no momentum buffers in the warm-up steps")
             self.optimizer.zero_grad(set_to_none=True)  # the capture allocates the gradients in its pool
             graph = torch.cuda.CUDAGraph()
-            torch.cuda.synchronize(self.device)
             # thread_local: the worker's system-metrics thread may query the GPU during the capture.
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self.static_loss, self.static_correct = forward_backward(
@@ -195,6 +195,7 @@ class GraphedStep:
             log.warning("capturing the training step as a CUDA graph failed (%s): eager steps from here on",
                         self.failed)
             self.optimizer.zero_grad(set_to_none=True)
+            self.notify(self.describe())
 
     def describe(self) -> str:
         if self.failed is not None:

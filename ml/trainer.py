@@ -85,6 +85,7 @@ class Callback:
     def on_eval(self, report: EvalReport) -> None: ...
     def on_epoch_end(self, report: EpochReport) -> None: ...
     def on_checkpoint(self, path: Path, step: int) -> None: ...
+    def on_notice(self, message: str) -> None: ...  # a change of course worth a line in the run's history
 
 
 @dataclass
@@ -461,7 +462,8 @@ def _plan_steps(run: _Run) -> None:
         return
     run.graphed = GraphedStep(run.model, run.optimizer, run.precision, run.device,
                               count_correct=run.config.protocol == "running",
-                              eager_step=lambda x, y: eager_step(run, x, y))
+                              eager_step=lambda x, y: eager_step(run, x, y),
+                              notify=lambda message: run.emit("on_notice", message))
     run.step_mode = run.graphed.describe()
 
 

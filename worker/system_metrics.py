@@ -218,3 +218,9 @@ class EnvironmentRecorder(Callback):
                 self.store.add_event("info", info.step_mode)
         except Exception as err:
             log.warning("recording the run's environment failed: %s: %s", type(err).__name__, err)
+
+    def on_notice(self, message: str) -> None:
+        try:
+            self.store.add_event("info", message)
+        except Exception as err:
+            log.warning("recording a notice on the run failed: %s: %s", type(err).__name__, err)

@@ -158,13 +158,12 @@ def _fake_cuda(monkeypatch, capture_fails: bool) -> list[str]:
     monkeypatch.setattr(torch.cuda, "Stream", Stream)
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", graph)
     return captured
 
 
-def _graphed_step():
+def _graphed_step(notices: list[str] | None = None):
     from ml.graphed import GraphedStep
 
     model = _model()
@@ -178,7 +177,8 @@ def _graphed_step():
         optimizer.step()
         return outputs
 
-    step = GraphedStep(model, optimizer, FP32_CPU, torch.device("cpu"), count_correct=True, eager_step=eager)
+    step = GraphedStep(model, optimizer, FP32_CPU, torch.device("cpu"), count_correct=True, eager_step=eager,
+                       notify=(notices if notices is not None else []).append)
     return step, eager_calls
 
 
@@ -190,7 +190,8 @@ def test_graphed_step_warms_up_then_captures_once_and_replays(monkeypatch) -> No
     from ml.graphed import WARMUP_STEPS
 
     captured = _fake_cuda(monkeypatch, capture_fails=False)
-    step, eager_calls = _graphed_step()
+    notices: list[str] = []
+    step, eager_calls = _graphed_step(notices)
     for _ in range(WARMUP_STEPS + 4):
         loss, correct = step(*_batch())
     assert eager_calls == [8] * WARMUP_STEPS  # the warm-ups; every later step is a replay
@@ -199,18 +200,21 @@ def test_graphed_step_warms_up_then_captures_once_and_replays(monkeypatch) -> No
     step(*_batch(5))  # an odd-sized batch cannot replay a graph made for 8
     assert eager_calls[-1] == 5 and _FakeGraph.replays == 4
     assert "one CUDA graph replay each" in step.describe()
+    assert notices == []  # nothing to add to the run's history when the graph is in use
 
 
 def test_graphed_step_falls_back_to_eager_when_the_capture_fails(monkeypatch) -> None:
     from ml.graphed import WARMUP_STEPS
 
     captured = _fake_cuda(monkeypatch, capture_fails=True)
-    step, eager_calls = _graphed_step()
+    notices: list[str] = []
+    step, eager_calls = _graphed_step(notices)
     for _ in range(WARMUP_STEPS + 3):
         loss, _ = step(*_batch())
     assert len(captured) == 1 and _FakeGraph.replays == 0  # tried once, never again
     assert len(eager_calls) == WARMUP_STEPS + 3 and torch.isfinite(loss)
     assert step.failed.startswith("RuntimeError") and "capture failed" in step.describe()
+    assert notices == [step.describe()]  # the run's history says its steps went eager, once
     assert all(p.grad is not None for p in step.model.parameters())  # the eager steps after it still train
 
 

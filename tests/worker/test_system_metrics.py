@@ -14,7 +14,7 @@ from worker import system_metrics
 from worker.metric_writer import MetricWriter
 from worker.system_metrics import (
     CPU_PERCENT, GPU_MEMORY_TOTAL_MIB, GPU_MEMORY_USED_MIB, GPU_UTIL, IMAGES_PER_S, RSS_MIB, GpuProbe,
-    SystemSampler, device_info,
+    EnvironmentRecorder, SystemSampler, device_info,
 )
 from worker.tasks import train_run
 
@@ -141,6 +141,27 @@ def test_device_info_on_cpu_names_the_cpu_and_torch():
     info = device_info(torch.device("cpu"))
     assert info["torch"] == torch.__version__ and info["name"] and info["device"] == "cpu"
     assert info["driver"] is None and info["cuda"] is None  # torch's CUDA build is no CUDA on a CPU worker
+
+
+class EventStore:
+    def __init__(self, fail: bool = False) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.fail = fail
+
+    def add_event(self, kind: str, message: str) -> None:
+        if self.fail:
+            raise OSError("database is locked")
+        self.events.append((kind, message))
+
+
+def test_environment_recorder_records_a_notice_as_an_event() -> None:
+    store = EventStore()
+    EnvironmentRecorder(store, torch.device("cpu")).on_notice("training steps: eager (the CUDA graph capture failed)")
+    assert store.events == [("info", "training steps: eager (the CUDA graph capture failed)")]
+
+
+def test_environment_recorder_notice_that_cannot_be_stored_does_not_stop_training() -> None:
+    EnvironmentRecorder(EventStore(fail=True), torch.device("cpu")).on_notice("anything")  # logged, not raised
 
 
 # ------------------------------------------------------------- end to end ---
