@@ -190,15 +190,16 @@ def check_pinned_host_fallback(device: torch.device, precision: Precision) -> st
 
 
 @contextmanager
-def recording_graphed_steps() -> Iterator[list[Any]]:
-    """The GraphedSteps the trainer makes inside the block, so that a caller can look at their graphs."""
+def recording_graphed_steps(**overrides: Any) -> Iterator[list[Any]]:
+    """The GraphedSteps the trainer makes inside the block, so that a caller can look at their graphs;
+    `overrides` replace their keyword arguments (gather_in_graph=False for the A/B of the batch draw)."""
     import ml.trainer as trainer
 
     made: list[Any] = []
 
     class Recorded(trainer.GraphedStep):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
+            super().__init__(*args, **{**kwargs, **overrides})
             made.append(self)
 
     original = trainer.GraphedStep
@@ -217,6 +218,7 @@ def check_graphed_step(device: torch.device, precision: Precision) -> str:
     assert made, "no GraphedStep was made"
     assert made[0].failed is None, made[0].failed
     assert made[0].graph is not None, "never captured"
+    assert made[0].feed is not None, "the batches were not drawn inside the graph"
     first, a, b = graphed.history[0]["metrics"]["val/loss"], graphed.final["val/loss"], eager.final["val/loss"]
     assert a < first, ("the replayed steps did not train", first, a)
     # Not bit for bit: the graph's dropout masks and the update's rounding differ from the eager step's.
@@ -327,7 +329,7 @@ def _sync(device: torch.device) -> None:
 
 
 def trainer_loop(splits: Any, device: torch.device, epochs: int, protocol: str,
-                 compile: bool = False, cuda_graphs: bool = True) -> dict[str, float]:
+                 compile: bool = False, cuda_graphs: bool = True, gather_in_graph: bool = True) -> dict[str, float]:
     """(b)/(c)/(d) The trainer with the study's net2 recipe and `protocol`; evaluations timed apart."""
     import ml.trainer as trainer
 
@@ -347,7 +349,7 @@ def trainer_loop(splits: Any, device: torch.device, epochs: int, protocol: str,
 
     trainer._evaluate_all = timed_evaluation
     try:
-        with recording_graphed_steps() as made:
+        with recording_graphed_steps(gather_in_graph=gather_in_graph) as made:
             _sync(device)
             began = time.perf_counter()
             result = train("net2", config, splits, device=device)
@@ -407,6 +409,11 @@ def run_timing(root: Path, device: torch.device, epochs: int, limit: int | None,
         print_row(key, rows[key])
         print(f"    CUDA graphs: {rows[key]['train_s'] / rows['(c) trainer, running']['train_s']:.2f}x less "
               f"training time than eager steps", flush=True)
+        key = "(g) (c), batches copied in"  # the batch gathered eagerly and copied into the graph's inputs
+        rows[key] = trainer_loop(splits, device, epochs, "running", gather_in_graph=False)
+        print_row(key, rows[key])
+        gain = rows[key]["train_s"] / rows["(c) trainer, running"]["train_s"]
+        print(f"    batches drawn inside the graph: {gain:.2f}x less training time than copied in", flush=True)
     if benchmark_too and device.type == "cuda":  # does cuDNN's autotuning pay for these small convolutions?
         key = "(f) (c) with cudnn.benchmark"
         torch.backends.cudnn.benchmark = True
@@ -538,7 +545,8 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true",
                         help="also time (d): the running protocol with compile: true, cold and warm, after the rest")
     parser.add_argument("--eager-too", action="store_true",
-                        help="on CUDA, also time (e): (c) with cuda_graphs off, the steps launched op by op")
+                        help="on CUDA, also time (e): (c) with cuda_graphs off, the steps launched op by op, "
+                             "and (g): (c) with each batch gathered outside the graph and copied in")
     parser.add_argument("--benchmark-too", action="store_true",
                         help="on CUDA, also time (f): (c) with torch.backends.cudnn.benchmark on")
     parser.add_argument("--skip-end-to-end", action="store_true", help="leave out the worker.tasks.train_run step")

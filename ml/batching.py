@@ -11,6 +11,7 @@ batch is copied asynchronously (see `data_placement`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -96,6 +97,20 @@ def crop_and_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: tor
     return torch.where(flip.view(n, 1, 1, 1), cropped.flip(3), cropped)
 
 
+def _take(values: torch.Tensor, positions: slice | torch.Tensor) -> torch.Tensor:
+    """values[positions]: a view for a slice, an index_select (capturable in a CUDA graph) for a tensor."""
+    return values[positions] if isinstance(positions, slice) else values.index_select(0, positions)
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """One epoch's order over the dataset and its augmentation draws (crop offsets, flips)."""
+
+    order: torch.Tensor  # on the loader's device (indexes the labels)
+    order_of_images: torch.Tensor  # on the images' device: the same as `order`, or a host copy for pinned images
+    draws: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # (dy, dx, flip) on the device, or None
+
+
 class BatchLoader:
     """Shuffled (or ordered) batches of a tensor dataset that already sits on its device (or pinned host memory).
 
@@ -144,23 +159,34 @@ class BatchLoader:
             return images
         return torch.addcmul(self._shift.neg(), images.float(), self._scale)
 
-    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches of `epoch`, from batch index `start` on.
+    def plan(self, epoch: int = 0) -> EpochPlan:
+        """The order of `epoch` and its augmentation's random draws, each moved to the device in one copy.
 
-        The order and the augmentation's random draws are made once per epoch and moved
-        to the device in one copy: nothing per step waits on the host.
-        """
+        Seeded per epoch, so that a resumed run replays exactly the same order and crops."""
         n = len(self.images)
         order = torch.randperm(n, generator=self._generator(epoch)) if self.shuffle else torch.arange(n)
-        order_on_device = order.to(self.device)
-        order_of_images = order.to(self.images.device)
         draws = None
         if self.augment:  # seeded as the batch after the last one, so no batch shares its stream
-            draws = [d.to(self.device) for d in augment_draws(n, self._generator(epoch, len(self)))]
+            draws = tuple(d.to(self.device) for d in augment_draws(n, self._generator(epoch, len(self))))
+        return EpochPlan(order=order.to(self.device), order_of_images=order.to(self.images.device), draws=draws)
+
+    def batch_window(self, index: int) -> slice:
+        """The positions of batch `index` in its epoch's order."""
+        return slice(index * self.batch_size, min((index + 1) * self.batch_size, len(self.images)))
+
+    def batch(self, plan: EpochPlan, positions: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised (and augmented) images and the labels at `positions` of the plan's order.
+
+        `positions` is a slice, or an index tensor on the device (what a CUDA graph gathers with):
+        both give the same batch, bit for bit."""
+        x = self._to_batch(self.images.index_select(0, _take(plan.order_of_images, positions)))
+        y = self.labels.index_select(0, _take(plan.order, positions))
+        if plan.draws is not None:
+            x = crop_and_flip(x, *(_take(d, positions) for d in plan.draws))
+        return x, y
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of `epoch`, from batch index `start` on; nothing per step waits on the host."""
+        plan = self.plan(epoch)
         for i in range(start, len(self)):
-            window = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            x = self._to_batch(self.images.index_select(0, order_of_images[window]))
-            y = self.labels.index_select(0, order_on_device[window])
-            if draws is not None:
-                x = crop_and_flip(x, *(d[window] for d in draws))
-            yield x, y
+            yield self.batch(plan, self.batch_window(i))

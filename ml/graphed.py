@@ -9,9 +9,12 @@ torch.cuda.graphs' "whole network capture" describes.
 
 What has to hold for the replay to be the same step:
 
-- Static inputs: each batch is copied into tensors the graph reads from. The last,
-  smaller batch of an epoch (with `drop_last` off) runs eagerly on the same
-  parameters and optimizer state.
+- Static inputs. With the data on the GPU the graph draws its own batch: the epoch's
+  order and augmentation draws sit in static buffers and a device cursor, moved on by
+  the graph, says where the batch starts (`GraphFeed`), so a step launches nothing but
+  the replay. With the data in pinned host memory each batch is gathered eagerly and
+  copied into tensors the graph reads from. The last, smaller batch of an epoch (with
+  `drop_last` off) runs eagerly on the same parameters and optimizer state.
 - The learning rate is a device tensor that the update reads, refilled when the
   schedule changes it: torch.optim.SGD bakes a float lr into the captured kernels,
   so the update here is SGD's own, written with `_foreach` ops (see `SGDUpdate`).
@@ -33,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml.batching import BatchLoader, EpochPlan
 from ml.precision import Precision
 
 log = logging.getLogger(__name__)
@@ -121,38 +125,104 @@ class SGDUpdate:
         torch._foreach_sub_(self.params, torch._foreach_mul(grads, self.lr))
 
 
+class GraphFeed:
+    """The training batches drawn inside the CUDA graph, when the data sits on the GPU.
+
+    The epoch's order and augmentation draws are copied into static buffers once per epoch,
+    and a device cursor says where the next batch starts; the graph gathers, normalises and
+    augments its batch with `BatchLoader.batch` (the eager steps' code, so the same batch)
+    and moves the cursor on itself. A replay then needs nothing from the host: no gather,
+    normalisation or input copies launched from Python per step.
+    """
+
+    def __init__(self, loader: BatchLoader):
+        self.loader = loader
+        n, device = loader.num_images, loader.device
+        self.order = torch.zeros(n, dtype=torch.long, device=device)
+        self.draws = None
+        if loader.augment:
+            self.draws = (torch.zeros(n, dtype=torch.long, device=device),
+                          torch.zeros(n, dtype=torch.long, device=device),
+                          torch.zeros(n, dtype=torch.bool, device=device))
+        self.cursor = torch.zeros((), dtype=torch.long, device=device)
+        self.offsets = torch.arange(loader.batch_size, device=device)
+        self._loaded: EpochPlan | None = None
+        self._next_batch: int | None = None  # the batch the cursor points at, as the host knows it
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch at the cursor, which then moves on: this is what the graph captures."""
+        # Wrapped into range: a replay past the epoch's end (a benchmark replaying the
+        # graph on its own) reads the epoch again instead of out of bounds.
+        positions = (self.cursor + self.offsets).remainder_(len(self.order))
+        x, y = self.loader.batch(EpochPlan(self.order, self.order, self.draws), positions)
+        self.cursor.add_(self.loader.batch_size)
+        return x, y
+
+    def point_at(self, plan: EpochPlan, batch: int) -> None:
+        """Make the next replay train batch `batch` of `plan`: kernel launches only when the
+        epoch changed or an eager step came between (no host sync either way)."""
+        if plan is not self._loaded:
+            self.order.copy_(plan.order, non_blocking=True)
+            if self.draws is not None:
+                for static, drawn in zip(self.draws, plan.draws):
+                    static.copy_(drawn, non_blocking=True)
+            self._loaded = plan
+        if batch != self._next_batch:
+            self.cursor.fill_(batch * self.loader.batch_size)
+        self._next_batch = batch + 1
+
+
 class GraphedStep:
     """The training step (forward, backward, SGD update) captured once as a CUDA graph, then replayed.
 
-    Call it with each batch; it returns the batch's loss (and correct count when asked) as
-    tensors on the device, valid until the next call. The first WARMUP_STEPS calls, and any
-    batch of another size, run `eager_step`. When the capture fails, it says why in
+    Call it with the epoch's plan and a batch index; it returns the batch's loss (and correct
+    count when asked) as tensors on the device, valid until the next call, and adds them into
+    the caller's sums with `accumulate` (captured with the step, so a replay launches nothing
+    more). With the data on the GPU the graph draws the batch itself (`GraphFeed`); with the data
+    in pinned host memory each batch is gathered eagerly and copied into the graph's input
+    tensors. The first WARMUP_STEPS
+    calls, and any batch of another size, run `eager_step`. When the capture fails, it says why in
     `failed` and to `notify`, and every later step runs eagerly: the training goes on either way.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.SGD, precision: Precision, device: torch.device,
-                 *, count_correct: bool, eager_step: Callable[[torch.Tensor, torch.Tensor], StepOutputs],
-                 notify: Callable[[str], None] = lambda message: None):
+                 *, loader: BatchLoader, count_correct: bool,
+                 eager_step: Callable[[torch.Tensor, torch.Tensor], StepOutputs],
+                 accumulate: Callable[[torch.Tensor, torch.Tensor | None, int], None] = lambda *outputs: None,
+                 notify: Callable[[str], None] = lambda message: None, gather_in_graph: bool = True):
         self.model, self.optimizer, self.precision, self.device = model, optimizer, precision, device
-        self.count_correct, self.eager_step, self.notify = count_correct, eager_step, notify
+        self.loader, self.count_correct, self.notify = loader, count_correct, notify
+        self._eager_step, self.accumulate = eager_step, accumulate
         self.update = SGDUpdate(optimizer, device)
+        # Pinned host images are gathered on the host, which a graph cannot replay.
+        on_device = loader.images.device == loader.device
+        self.feed = GraphFeed(loader) if gather_in_graph and on_device else None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.failed: str | None = None
         self.warmed_up = 0
-        self.batch_size: int | None = None
         self._side_stream: torch.cuda.Stream | None = None
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepOutputs:
-        if self.failed is not None or (self.batch_size is not None and len(y) != self.batch_size):
-            return self.eager_step(x, y)
+    def eager_step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutputs:
+        outputs = self._eager_step(x, y)
+        self.accumulate(*outputs, len(y))
+        return outputs
+
+    def __call__(self, plan: EpochPlan, batch: int) -> StepOutputs:
+        window = self.loader.batch_window(batch)
+        if self.failed is not None or window.stop - window.start != self.loader.batch_size:
+            return self.eager_step(*self.loader.batch(plan, window))  # the graph is made for full batches
         if self.graph is None:
             if self.warmed_up < WARMUP_STEPS:
-                return self._warm_up(x, y)
-            self._capture(x, y)
+                return self._warm_up(*self.loader.batch(plan, window))
+            self._capture(plan, window)
             if self.graph is None:
-                return self.eager_step(x, y)
-        self.static_x.copy_(x, non_blocking=True)
-        self.static_y.copy_(y, non_blocking=True)
+                return self.eager_step(*self.loader.batch(plan, window))
+        if self.feed is not None:
+            self.feed.point_at(plan, batch)
+        else:
+            x, y = self.loader.batch(plan, window)
+            self.static_x.copy_(x, non_blocking=True)
+            self.static_y.copy_(y, non_blocking=True)
         self.update.sync_lr()
         self.graph.replay()
         return self.static_loss, self.static_correct
@@ -167,14 +237,16 @@ class GraphedStep:
         # main stream still reads (the previous warm-up's loss, added into the report).
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            outputs = self.eager_step(x, y)
+            outputs = self._eager_step(x, y)
         torch.cuda.current_stream(self.device).wait_stream(side)
+        self.accumulate(*outputs, len(y))  # on the main stream, as the replays' adds
         self.warmed_up += 1
         return outputs
 
-    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _capture(self, plan: EpochPlan, window: slice) -> None:
         try:
-            self.static_x, self.static_y = x.clone(), y.clone()
+            if self.feed is None:
+                self.static_x, self.static_y = (t.clone() for t in self.loader.batch(plan, window))
             buffers = self.update.existing_buffers() if self.update.momentum else None
             if self.update.momentum and buffers is None:
                 raise RuntimeError("SGD made no momentum buffers in the warm-up steps")
@@ -182,13 +254,14 @@ class GraphedStep:
             graph = torch.cuda.CUDAGraph()
             # thread_local: the worker's system-metrics thread may query the GPU during the capture.
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                x, y = self.feed.next_batch() if self.feed is not None else (self.static_x, self.static_y)
                 self.static_loss, self.static_correct = forward_backward(
-                    self.model, self.precision, self.static_x, self.static_y,
-                    count_correct=self.count_correct, cache_casts=False)
+                    self.model, self.precision, x, y, count_correct=self.count_correct, cache_casts=False)
                 missing = [i for i, p in enumerate(self.update.params) if p.grad is None]
                 if missing:
                     raise RuntimeError(f"parameters {missing[:5]} got no gradient")
                 self.update(buffers)
+                self.accumulate(self.static_loss, self.static_correct, len(y))
             self.graph = graph
         except Exception as err:  # noqa: BLE001 - the eager step is always there to fall back on
             self.failed = f"{type(err).__name__}: {err}"
@@ -200,5 +273,7 @@ class GraphedStep:
     def describe(self) -> str:
         if self.failed is not None:
             return f"training steps: eager (the CUDA graph capture failed: {self.failed})"
-        return (f"training steps: one CUDA graph replay each, captured after {WARMUP_STEPS} eager warm-up steps "
-                f"(cuda_graphs: true)")
+        batches = ("drawn inside the graph" if self.feed is not None
+                   else "gathered from pinned host memory and copied in")
+        return (f"training steps: one CUDA graph replay each, batches {batches}, captured after "
+                f"{WARMUP_STEPS} eager warm-up steps (cuda_graphs: true)")

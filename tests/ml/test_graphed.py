@@ -133,9 +133,12 @@ def test_sgd_update_follows_the_lr_after_a_resume_replaces_the_param_groups() ->
 
 class _FakeGraph:
     replays = 0
+    body = None  # what a replay re-runs: the test sets it to the captured batch draw
 
     def replay(self) -> None:
         _FakeGraph.replays += 1
+        if _FakeGraph.body is not None:
+            _FakeGraph.body()
 
 
 def _fake_cuda(monkeypatch, capture_fails: bool) -> list[str]:
@@ -154,7 +157,7 @@ def _fake_cuda(monkeypatch, capture_fails: bool) -> list[str]:
             raise RuntimeError("operation not permitted when stream is capturing")
         yield
 
-    _FakeGraph.replays = 0
+    _FakeGraph.replays, _FakeGraph.body = 0, None
     monkeypatch.setattr(torch.cuda, "Stream", Stream)
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
@@ -163,10 +166,22 @@ def _fake_cuda(monkeypatch, capture_fails: bool) -> list[str]:
     return captured
 
 
-def _graphed_step(notices: list[str] | None = None):
+def _loader(num_images: int = 44, batch_size: int = 8, augment: bool = True):
+    """uint8 images on the CPU standing in for the GPU's: 5 full batches of 8 and one of 4."""
+    from ml.batching import BatchLoader
+
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (num_images, 3, 4, 4), dtype=torch.uint8, generator=g)
+    return BatchLoader(images, torch.randint(0, 3, (num_images,), generator=g), batch_size, shuffle=True, seed=2,
+                       augment=augment)
+
+
+def _graphed_step(notices: list[str] | None = None, gather_in_graph: bool = True,
+                  sums: list[tuple[torch.Tensor, int]] | None = None):
     from ml.graphed import GraphedStep
 
-    model = _model()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5), nn.ReLU(), nn.Linear(5, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     eager_calls = []
 
@@ -177,13 +192,12 @@ def _graphed_step(notices: list[str] | None = None):
         optimizer.step()
         return outputs
 
-    step = GraphedStep(model, optimizer, FP32_CPU, torch.device("cpu"), count_correct=True, eager_step=eager,
-                       notify=(notices if notices is not None else []).append)
+    step = GraphedStep(model, optimizer, FP32_CPU, torch.device("cpu"), loader=_loader(), count_correct=True,
+                       eager_step=eager, notify=(notices if notices is not None else []).append,
+                       accumulate=lambda loss, correct, images: (sums if sums is not None else []).append(
+                           (loss, images)),
+                       gather_in_graph=gather_in_graph)
     return step, eager_calls
-
-
-def _batch(n: int = 8):
-    return torch.randn(n, 6), torch.randint(0, 3, (n,))
 
 
 def test_graphed_step_warms_up_then_captures_once_and_replays(monkeypatch) -> None:
@@ -191,16 +205,87 @@ def test_graphed_step_warms_up_then_captures_once_and_replays(monkeypatch) -> No
 
     captured = _fake_cuda(monkeypatch, capture_fails=False)
     notices: list[str] = []
-    step, eager_calls = _graphed_step(notices)
-    for _ in range(WARMUP_STEPS + 4):
-        loss, correct = step(*_batch())
+    sums: list[tuple[torch.Tensor, int]] = []
+    step, eager_calls = _graphed_step(notices, sums=sums)
+    plan = step.loader.plan(0)
+    for batch in range(WARMUP_STEPS + 2):
+        loss, correct = step(plan, batch)
     assert eager_calls == [8] * WARMUP_STEPS  # the warm-ups; every later step is a replay
-    assert captured == ["thread_local"] and _FakeGraph.replays == 4
+    assert captured == ["thread_local"] and _FakeGraph.replays == 2
     assert loss is step.static_loss and correct is step.static_correct
-    step(*_batch(5))  # an odd-sized batch cannot replay a graph made for 8
-    assert eager_calls[-1] == 5 and _FakeGraph.replays == 4
-    assert "one CUDA graph replay each" in step.describe()
+    # The warm-ups add their losses from the host; the capture records its add into the graph once,
+    # and the replays launch no add of their own.
+    assert [images for _, images in sums] == [8] * (WARMUP_STEPS + 1) and sums[-1][0] is step.static_loss
+    step(plan, 5)  # the epoch's last batch has 4 images: a graph made for 8 cannot replay it
+    assert eager_calls[-1] == 4 and _FakeGraph.replays == 2 and sums[-1][1] == 4
+    assert "one CUDA graph replay each, batches drawn inside the graph" in step.describe()
     assert notices == []  # nothing to add to the run's history when the graph is in use
+
+
+def test_graphed_step_replays_draw_the_batches_the_eager_steps_would(monkeypatch) -> None:
+    # A replay re-runs the captured kernels on the same buffers, which the fake does by calling the
+    # captured draw again: the batches it gets must be the eager steps' own, epoch after epoch.
+    from ml.graphed import WARMUP_STEPS
+
+    _fake_cuda(monkeypatch, capture_fails=False)
+    step, _ = _graphed_step()
+    drawn: list[tuple[torch.Tensor, torch.Tensor]] = []
+    _FakeGraph.body = lambda: drawn.append(step.feed.next_batch())
+    expected = []
+    for epoch in range(3):
+        plan = step.loader.plan(epoch)
+        for batch in range(len(step.loader)):
+            step(plan, batch)
+            replayed = epoch > 0 or batch >= WARMUP_STEPS
+            if replayed and batch < len(step.loader) - 1:  # not the short last batch: that one is eager
+                expected.append(step.loader.batch(plan, step.loader.batch_window(batch)))
+    assert len(drawn) == len(expected) == _FakeGraph.replays == 2 + 5 + 5
+    for (x, y), (ex, ey) in zip(drawn, expected):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+
+
+def test_graph_feed_moves_its_cursor_only_when_the_graph_did_not(monkeypatch) -> None:
+    from ml.graphed import GraphFeed
+
+    loader = _loader()
+    feed = GraphFeed(loader)
+    plan = loader.plan(0)
+    feed.point_at(plan, 2)
+    assert feed.cursor.item() == 16
+    feed.next_batch()  # what a replay does: the cursor moves on inside the graph
+    feed.cursor.fill_(-1)  # a marker: the host must not touch the cursor for the batch it expects
+    feed.point_at(plan, 3)
+    assert feed.cursor.item() == -1
+    feed.point_at(plan, 1)  # after an eager step, or a resume: the host moves it
+    assert feed.cursor.item() == 8
+    order = feed.order.clone()
+    feed.point_at(loader.plan(1), 0)  # a new epoch: its order and draws are copied in
+    assert feed.cursor.item() == 0 and not torch.equal(order, feed.order)
+    assert torch.equal(feed.order, loader.plan(1).order)
+
+
+def test_graph_feed_wraps_past_the_epoch_end_instead_of_reading_out_of_bounds() -> None:
+    # gpu_check replays the graph on its own after training: the positions must stay in range.
+    from ml.graphed import GraphFeed
+
+    loader = _loader(num_images=16, batch_size=8, augment=False)
+    feed = GraphFeed(loader)
+    plan = loader.plan(0)
+    feed.point_at(plan, 0)
+    batches = [feed.next_batch()[1] for _ in range(4)]
+    assert torch.equal(batches[2], batches[0]) and torch.equal(batches[3], batches[1])
+
+
+def test_graphed_step_with_pinned_images_copies_each_batch_into_the_graph(monkeypatch) -> None:
+    _fake_cuda(monkeypatch, capture_fails=False)
+    step, _ = _graphed_step(gather_in_graph=False)
+    assert step.feed is None
+    plan = step.loader.plan(0)
+    for batch in range(5):
+        step(plan, batch)
+    x, y = step.loader.batch(plan, step.loader.batch_window(4))
+    assert torch.equal(step.static_x, x) and torch.equal(step.static_y, y)
+    assert "gathered from pinned host memory" in step.describe()
 
 
 def test_graphed_step_falls_back_to_eager_when_the_capture_fails(monkeypatch) -> None:
@@ -209,10 +294,11 @@ def test_graphed_step_falls_back_to_eager_when_the_capture_fails(monkeypatch) ->
     captured = _fake_cuda(monkeypatch, capture_fails=True)
     notices: list[str] = []
     step, eager_calls = _graphed_step(notices)
-    for _ in range(WARMUP_STEPS + 3):
-        loss, _ = step(*_batch())
+    plan = step.loader.plan(0)
+    for batch in range(WARMUP_STEPS + 2):
+        loss, _ = step(plan, batch)
     assert len(captured) == 1 and _FakeGraph.replays == 0  # tried once, never again
-    assert len(eager_calls) == WARMUP_STEPS + 3 and torch.isfinite(loss)
+    assert len(eager_calls) == WARMUP_STEPS + 2 and torch.isfinite(loss)
     assert step.failed.startswith("RuntimeError") and "capture failed" in step.describe()
     assert notices == [step.describe()]  # the run's history says its steps went eager, once
     assert all(p.grad is not None for p in step.model.parameters())  # the eager steps after it still train

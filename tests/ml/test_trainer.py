@@ -338,3 +338,16 @@ def test_batch_loader_drop_last_skips_incomplete_batch():
     assert len(loader) == 3 and sizes == [3, 3, 3]
     # Fewer images than one batch: keep them rather than train on nothing.
     assert len(BatchLoader(images[:2], labels[:2], 3, shuffle=True, drop_last=True)) == 1
+
+
+@pytest.mark.parametrize("batch_size,device,pixels,expected", [
+    (64, "cpu", 32 * 32, 256),  # the CPU keeps 4x the training batch
+    (64, "cuda", 32 * 32, 1024),  # a GPU takes 1,024 CIFAR images a batch
+    (1024, "cuda", 32 * 32, 2048),  # never more than MAX_EVAL_BATCH
+    (32, "cuda", 256 * 256, 128),  # resnet18 upsamples x8: 64x the pixels, so 4x its batch stays
+    (8, "cuda", 64 * 64, 256),  # 64 px images: a quarter of the CIFAR batch
+])
+def test_eval_batch_size_grows_on_a_gpu_by_input_pixels(batch_size, device, pixels, expected) -> None:
+    from ml.trainer import eval_batch_size
+
+    assert eval_batch_size(batch_size, torch.device(device), pixels) == expected
