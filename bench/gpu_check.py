@@ -16,7 +16,10 @@ no pytest, no FastAPI, no Celery. Everything it needs from this project is `ml/`
    (c) the trainer, running protocol.
    It prints images/s, training seconds, evaluation seconds, final val/test accuracy,
    and the ratios (b)/(a) and (c)/(a) of training throughput.
-   With --compile, last of all: (d) the running protocol with `compile: true`, cold and warm.
+   With --eager-too, on CUDA: (e) (c) with its steps launched op by op (`cuda_graphs: false`),
+   and (g) (c) with each batch gathered outside the graph and copied in.
+   With --compile, last of all: (d) the running protocol with `compile: true` (still replayed
+   as a CUDA graph on a GPU), cold and warm.
 3. worker.tasks.train_run end to end (SQLite, filesystem broker, a temporary DATA_DIR).
    The GPU machine's Python lacks Celery, SQLModel and pydantic, so `make gpu-deps`
    downloads them here as binary wheels for CPython 3.12 into .gpu-deps/ (about 11 MB),
@@ -364,6 +367,8 @@ def trainer_loop(splits: Any, device: torch.device, epochs: int, protocol: str,
            "val_acc": result.final.get("val/acc", float("nan")), "test_acc": result.final.get("test/acc", float("nan"))}
     if made and made[0].graph is not None:
         row["replay_ms"] = replay_ms(made[0].graph)
+    elif made and made[0].failed is not None:
+        print(f"    the CUDA graph capture failed, so these steps ran eagerly: {made[0].failed}", flush=True)
     return row
 
 
@@ -543,7 +548,8 @@ def main() -> int:
     parser.add_argument("--limit-test", type=int, default=None, help="default: all on CUDA, 1000 on CPU")
     parser.add_argument("--skip-study", action="store_true", help="leave out (a), the study's DataLoader loop")
     parser.add_argument("--compile", action="store_true",
-                        help="also time (d): the running protocol with compile: true, cold and warm, after the rest")
+                        help="also time (d): the running protocol with compile: true (a CUDA graph of the "
+                             "compiled step on a GPU), cold and warm, after the rest")
     parser.add_argument("--eager-too", action="store_true",
                         help="on CUDA, also time (e): (c) with cuda_graphs off, the steps launched op by op, "
                              "and (g): (c) with each batch gathered outside the graph and copied in")

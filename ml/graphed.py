@@ -23,7 +23,7 @@ What has to hold for the replay to be the same step:
   algorithms and SGD creates its momentum buffers before the capture.
 
 SGD only, and no gradient scaler (fp16's `GradScaler.step` reads its inf check on the
-host); everything else runs the eager step. `ml/` is importable without CUDA: this
+host); everything else runs the eager step. A compiled model is captured like any other. `ml/` is importable without CUDA: this
 module only touches CUDA when a step is captured.
 """
 
@@ -60,14 +60,16 @@ def forward_backward(model: nn.Module, precision: Precision, x: torch.Tensor, y:
 
 
 def why_not_graphed(optimizer: torch.optim.Optimizer, *, device: torch.device, scaler: object | None,
-                    compiled: bool, enabled: bool) -> str | None:
-    """Why training steps cannot be replayed as a CUDA graph here, or None when they can."""
+                    enabled: bool) -> str | None:
+    """Why training steps cannot be replayed as a CUDA graph here, or None when they can.
+
+    A compiled model (`compile`) is captured too: torch.compile's default mode makes no CUDA
+    graphs of its own, and the warm-up steps compile it before the capture, so the graph
+    replays inductor's fused kernels."""
     if not enabled:
         return "cuda_graphs is off"
     if device.type != "cuda":
         return f"CUDA graphs need a GPU (the device is {device.type})"
-    if compiled:
-        return "compile is on (torch.compile manages its own graphs)"
     if scaler is not None:
         return "fp16's gradient scaler reads its inf check on the host every step"
     if type(optimizer) is not torch.optim.SGD:
@@ -228,8 +230,10 @@ class GraphedStep:
         return self.static_loss, self.static_correct
 
     def _warm_up(self, x: torch.Tensor, y: torch.Tensor) -> StepOutputs:
-        """An eager step on a side stream, as torch.cuda.graphs asks before a capture."""
-        self.batch_size = len(y)
+        """The step the graph will hold, run eagerly on a side stream, as torch.cuda.graphs asks before a
+        capture: the same ops and the same autocast settings, so cuDNN and cuBLAS pick their algorithms,
+        SGD makes its momentum buffers, and a compiled model is compiled for exactly what the capture
+        runs (a recompile inside the capture would fail it: dynamo guards on the autocast cache flag)."""
         if self._side_stream is None:
             self._side_stream = torch.cuda.Stream(self.device)
         side = self._side_stream
@@ -237,7 +241,11 @@ class GraphedStep:
         # main stream still reads (the previous warm-up's loss, added into the report).
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            outputs = self._eager_step(x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            outputs = forward_backward(self.model, self.precision, x, y, count_correct=self.count_correct,
+                                       cache_casts=False)
+            self.update.sync_lr()
+            self.update()
         torch.cuda.current_stream(self.device).wait_stream(side)
         self.accumulate(*outputs, len(y))  # on the main stream, as the replays' adds
         self.warmed_up += 1

@@ -492,7 +492,7 @@ def _plan_steps(run: _Run) -> None:
     """On a GPU, replay the training step as a CUDA graph when it can be; say which, and why."""
     if run.device.type != "cuda":
         return  # nothing to say on a CPU: its steps are always eager
-    why_not = why_not_graphed(run.optimizer, device=run.device, scaler=run.scaler, compiled=run.config.compile,
+    why_not = why_not_graphed(run.optimizer, device=run.device, scaler=run.scaler,
                               enabled=run.config.cuda_graphs)
     if why_not is not None:
         run.step_mode = f"training steps: eager ({why_not})"

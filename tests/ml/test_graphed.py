@@ -75,19 +75,18 @@ def _config(**values) -> TrainConfig:
 @pytest.mark.parametrize("kwargs,values,reason", [
     ({"enabled": False}, {}, "cuda_graphs is off"),
     ({"device": torch.device("cpu")}, {}, "need a GPU"),
-    ({"compiled": True}, {}, "compile is on"),
     ({"scaler": object()}, {}, "gradient scaler"),
     ({}, {"optimizer": "adam"}, "SGD's (Adam is not)"),
 ])
 def test_why_not_graphed_names_the_reason(kwargs, values, reason) -> None:
     optimizer = build_optimizer(_model(), _config(**values))
-    arguments = {"device": torch.device("cuda"), "scaler": None, "compiled": False, "enabled": True, **kwargs}
+    arguments = {"device": torch.device("cuda"), "scaler": None, "enabled": True, **kwargs}
     assert reason in why_not_graphed(optimizer, **arguments)
 
 
 def test_why_not_graphed_accepts_the_study_recipe_on_a_gpu() -> None:
     optimizer = build_optimizer(_model(), _config(weight_decay=5e-4, nesterov=True))
-    assert why_not_graphed(optimizer, device=torch.device("cuda"), scaler=None, compiled=False, enabled=True) is None
+    assert why_not_graphed(optimizer, device=torch.device("cuda"), scaler=None, enabled=True) is None
 
 
 def test_forward_backward_counts_correct_only_when_asked() -> None:
@@ -208,9 +207,11 @@ def test_graphed_step_warms_up_then_captures_once_and_replays(monkeypatch) -> No
     sums: list[tuple[torch.Tensor, int]] = []
     step, eager_calls = _graphed_step(notices, sums=sums)
     plan = step.loader.plan(0)
+    weights = step.model[1].weight.detach().clone()
     for batch in range(WARMUP_STEPS + 2):
         loss, correct = step(plan, batch)
-    assert eager_calls == [8] * WARMUP_STEPS  # the warm-ups; every later step is a replay
+    # The warm-ups run the graph's own step eagerly (and train: the weights moved); then every step replays.
+    assert eager_calls == [] and not torch.equal(weights, step.model[1].weight)
     assert captured == ["thread_local"] and _FakeGraph.replays == 2
     assert loss is step.static_loss and correct is step.static_correct
     # The warm-ups add their losses from the host; the capture records its add into the graph once,
@@ -298,10 +299,32 @@ def test_graphed_step_falls_back_to_eager_when_the_capture_fails(monkeypatch) ->
     for batch in range(WARMUP_STEPS + 2):
         loss, _ = step(plan, batch)
     assert len(captured) == 1 and _FakeGraph.replays == 0  # tried once, never again
-    assert len(eager_calls) == WARMUP_STEPS + 2 and torch.isfinite(loss)
+    assert len(eager_calls) == 2 and torch.isfinite(loss)  # the capture's step and the one after it
     assert step.failed.startswith("RuntimeError") and "capture failed" in step.describe()
     assert notices == [step.describe()]  # the run's history says its steps went eager, once
     assert all(p.grad is not None for p in step.model.parameters())  # the eager steps after it still train
+
+
+def test_graphed_step_captures_a_compiled_model_without_recompiling(monkeypatch) -> None:
+    # Dynamo guards on autocast's cast-cache flag, which the capture turns off: warm-ups run with it
+    # on would make the capture recompile, and compiling inside a CUDA graph capture fails it.
+    import torch._dynamo
+
+    from ml.graphed import WARMUP_STEPS
+    from ml.precision import Precision
+
+    _fake_cuda(monkeypatch, capture_fails=False)
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    bf16 = Precision("bf16", "cpu", channels_last=False, grad_scaler=False, reason="autocast on, as on a GPU")
+    step, _ = _graphed_step()
+    step.model.compile(backend="eager")
+    step.precision = bf16
+    plan = step.loader.plan(0)
+    for batch in range(WARMUP_STEPS + 1):
+        step(plan, batch)
+    assert step.failed is None and step.graph is not None
+    torch._dynamo.reset()
 
 
 def test_trainer_fp16_with_scaler_steps_eagerly_and_trains(synthetic_splits, monkeypatch) -> None:
