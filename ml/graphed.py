@@ -23,8 +23,8 @@ What has to hold for the replay to be the same step:
   algorithms and SGD creates its momentum buffers before the capture.
 
 SGD only, and no gradient scaler (fp16's `GradScaler.step` reads its inf check on the
-host); everything else runs the eager step. A compiled model is captured like any other. `ml/` is importable without CUDA: this
-module only touches CUDA when a step is captured.
+host); everything else runs the eager step. A compiled model is captured like any other.
+`ml/` is importable without CUDA: this module only touches CUDA when a step is captured.
 """
 
 from __future__ import annotations
@@ -182,9 +182,9 @@ class GraphedStep:
     the caller's sums with `accumulate` (captured with the step, so a replay launches nothing
     more). With the data on the GPU the graph draws the batch itself (`GraphFeed`); with the data
     in pinned host memory each batch is gathered eagerly and copied into the graph's input
-    tensors. The first WARMUP_STEPS
-    calls, and any batch of another size, run `eager_step`. When the capture fails, it says why in
-    `failed` and to `notify`, and every later step runs eagerly: the training goes on either way.
+    tensors. The first WARMUP_STEPS calls warm up; any batch of another size runs `eager_step`.
+    When the capture fails, it says why in `failed` and to `notify`, and every later step runs
+    eagerly: the training goes on either way.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.SGD, precision: Precision, device: torch.device,
@@ -231,9 +231,10 @@ class GraphedStep:
 
     def _warm_up(self, x: torch.Tensor, y: torch.Tensor) -> StepOutputs:
         """The step the graph will hold, run eagerly on a side stream, as torch.cuda.graphs asks before a
-        capture: the same ops and the same autocast settings, so cuDNN and cuBLAS pick their algorithms,
-        SGD makes its momentum buffers, and a compiled model is compiled for exactly what the capture
-        runs (a recompile inside the capture would fail it: dynamo guards on the autocast cache flag)."""
+        capture: the same forward and backward with the same autocast settings, so cuDNN and cuBLAS pick
+        their algorithms, SGD makes its momentum buffers, and a compiled model is compiled for exactly
+        what the capture runs (a recompile inside the capture would fail it: dynamo guards on the
+        autocast cache flag)."""
         if self._side_stream is None:
             self._side_stream = torch.cuda.Stream(self.device)
         side = self._side_stream
@@ -244,8 +245,7 @@ class GraphedStep:
             self.optimizer.zero_grad(set_to_none=True)
             outputs = forward_backward(self.model, self.precision, x, y, count_correct=self.count_correct,
                                        cache_casts=False)
-            self.update.sync_lr()
-            self.update()
+            self.optimizer.step()  # torch's own step: it makes the momentum buffers, and the lr scheduler sees it
         torch.cuda.current_stream(self.device).wait_stream(side)
         self.accumulate(*outputs, len(y))  # on the main stream, as the replays' adds
         self.warmed_up += 1

@@ -5,6 +5,7 @@ checked by bench/gpu_check.py's check_graphed_step on a GPU."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -206,6 +207,7 @@ def test_graphed_step_warms_up_then_captures_once_and_replays(monkeypatch) -> No
     notices: list[str] = []
     sums: list[tuple[torch.Tensor, int]] = []
     step, eager_calls = _graphed_step(notices, sums=sums)
+    scheduler = torch.optim.lr_scheduler.StepLR(step.optimizer, step_size=1)
     plan = step.loader.plan(0)
     weights = step.model[1].weight.detach().clone()
     for batch in range(WARMUP_STEPS + 2):
@@ -217,6 +219,9 @@ def test_graphed_step_warms_up_then_captures_once_and_replays(monkeypatch) -> No
     # The warm-ups add their losses from the host; the capture records its add into the graph once,
     # and the replays launch no add of their own.
     assert [images for _, images in sums] == [8] * (WARMUP_STEPS + 1) and sums[-1][0] is step.static_loss
+    with warnings.catch_warnings():  # the warm-ups stepped torch's optimizer, as the schedule expects
+        warnings.simplefilter("error")
+        scheduler.step()
     step(plan, 5)  # the epoch's last batch has 4 images: a graph made for 8 cannot replay it
     assert eager_calls[-1] == 4 and _FakeGraph.replays == 2 and sums[-1][1] == 4
     assert "one CUDA graph replay each, batches drawn inside the graph" in step.describe()
