@@ -221,7 +221,7 @@ def check_graphed_step(device: torch.device, precision: Precision) -> str:
     assert made, "no GraphedStep was made"
     assert made[0].failed is None, made[0].failed
     assert made[0].graph is not None, "never captured"
-    assert made[0].feed is not None, "the batches were not drawn inside the graph"
+    assert made[0].feed is not None, f"the batches were not drawn inside the graph ({made[0].feed_failed})"
     first, a, b = graphed.history[0]["metrics"]["val/loss"], graphed.final["val/loss"], eager.final["val/loss"]
     assert a < first, ("the replayed steps did not train", first, a)
     # Not bit for bit: the graph's dropout masks and the update's rounding differ from the eager step's.

@@ -13,7 +13,9 @@ What has to hold for the replay to be the same step:
   order and augmentation draws sit in static buffers and a device cursor, moved on by
   the graph, says where the batch starts (`GraphFeed`), so a step launches nothing but
   the replay. With the data in pinned host memory each batch is gathered eagerly and
-  copied into tensors the graph reads from. The last, smaller batch of an epoch (with
+  copied into tensors the graph reads from; that is also the fallback when a GPU refuses to
+  capture the in-graph draw, and only when both captures fail do the steps run eagerly (the
+  run's history says which, and why). The last, smaller batch of an epoch (with
   `drop_last` off) runs eagerly on the same parameters and optimizer state.
 - The learning rate is a device tensor that the update reads, refilled when the
   schedule changes it: torch.optim.SGD bakes a float lr into the captured kernels,
@@ -200,7 +202,8 @@ class GraphedStep:
         on_device = loader.images.device == loader.device
         self.feed = GraphFeed(loader) if gather_in_graph and on_device else None
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.failed: str | None = None
+        self.failed: str | None = None  # why no graph could be captured: every step runs eagerly
+        self.feed_failed: str | None = None  # why the batch could not be drawn inside the graph
         self.warmed_up = 0
         self._side_stream: torch.cuda.Stream | None = None
 
@@ -252,36 +255,54 @@ class GraphedStep:
         return outputs
 
     def _capture(self, plan: EpochPlan, window: slice) -> None:
+        """Record the step; when drawing the batch inside the graph fails, record it again with the batch
+        copied in (the path that works with pinned data), and only when that fails too go eager."""
         try:
-            if self.feed is None:
-                self.static_x, self.static_y = (t.clone() for t in self.loader.batch(plan, window))
-            buffers = self.update.existing_buffers() if self.update.momentum else None
-            if self.update.momentum and buffers is None:
-                raise RuntimeError("SGD made no momentum buffers in the warm-up steps")
-            self.optimizer.zero_grad(set_to_none=True)  # the capture allocates the gradients in its pool
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: the worker's system-metrics thread may query the GPU during the capture.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                x, y = self.feed.next_batch() if self.feed is not None else (self.static_x, self.static_y)
-                self.static_loss, self.static_correct = forward_backward(
-                    self.model, self.precision, x, y, count_correct=self.count_correct, cache_casts=False)
-                missing = [i for i, p in enumerate(self.update.params) if p.grad is None]
-                if missing:
-                    raise RuntimeError(f"parameters {missing[:5]} got no gradient")
-                self.update(buffers)
-                self.accumulate(self.static_loss, self.static_correct, len(y))
-            self.graph = graph
+            self._record(plan, window)
         except Exception as err:  # noqa: BLE001 - the eager step is always there to fall back on
-            self.failed = f"{type(err).__name__}: {err}"
+            reason = f"{type(err).__name__}: {err}"
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.feed is not None:
+                log.warning("capturing the training step with its batch drawn inside the CUDA graph failed (%s): "
+                            "capturing it with batches copied in", reason)
+                self.feed, self.feed_failed = None, reason
+                self._capture(plan, window)
+                if self.failed is None:
+                    self.notify(self.describe())
+                return
+            self.failed = reason
             log.warning("capturing the training step as a CUDA graph failed (%s): eager steps from here on",
                         self.failed)
-            self.optimizer.zero_grad(set_to_none=True)
             self.notify(self.describe())
+
+    def _record(self, plan: EpochPlan, window: slice) -> None:
+        if self.feed is None:
+            self.static_x, self.static_y = (t.clone() for t in self.loader.batch(plan, window))
+        buffers = self.update.existing_buffers() if self.update.momentum else None
+        if self.update.momentum and buffers is None:
+            raise RuntimeError("SGD made no momentum buffers in the warm-up steps")
+        self.optimizer.zero_grad(set_to_none=True)  # the capture allocates the gradients in its pool
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the worker's system-metrics thread may query the GPU during the capture.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            x, y = self.feed.next_batch() if self.feed is not None else (self.static_x, self.static_y)
+            self.static_loss, self.static_correct = forward_backward(
+                self.model, self.precision, x, y, count_correct=self.count_correct, cache_casts=False)
+            missing = [i for i, p in enumerate(self.update.params) if p.grad is None]
+            if missing:
+                raise RuntimeError(f"parameters {missing[:5]} got no gradient")
+            self.update(buffers)
+            self.accumulate(self.static_loss, self.static_correct, len(y))
+        self.graph = graph
 
     def describe(self) -> str:
         if self.failed is not None:
             return f"training steps: eager (the CUDA graph capture failed: {self.failed})"
-        batches = ("drawn inside the graph" if self.feed is not None
-                   else "gathered from pinned host memory and copied in")
+        if self.feed is not None:
+            batches = "drawn inside the graph"
+        elif self.feed_failed is not None:
+            batches = f"copied in (drawing them inside the graph failed: {self.feed_failed})"
+        else:
+            batches = "gathered from pinned host memory and copied in"
         return (f"training steps: one CUDA graph replay each, batches {batches}, captured after "
                 f"{WARMUP_STEPS} eager warm-up steps (cuda_graphs: true)")

@@ -141,7 +141,8 @@ class _FakeGraph:
             _FakeGraph.body()
 
 
-def _fake_cuda(monkeypatch, capture_fails: bool) -> list[str]:
+def _fake_cuda(monkeypatch, capture_fails: bool | int) -> list[str]:
+    """The fake CUDA calls; `capture_fails`: every capture fails (True), or that many first ones (an int)."""
     import contextlib
 
     class Stream:
@@ -153,7 +154,7 @@ def _fake_cuda(monkeypatch, capture_fails: bool) -> list[str]:
     @contextlib.contextmanager
     def graph(cuda_graph, capture_error_mode="global"):
         captured.append(capture_error_mode)
-        if capture_fails:
+        if capture_fails is True or len(captured) <= capture_fails:
             raise RuntimeError("operation not permitted when stream is capturing")
         yield
 
@@ -303,11 +304,31 @@ def test_graphed_step_falls_back_to_eager_when_the_capture_fails(monkeypatch) ->
     plan = step.loader.plan(0)
     for batch in range(WARMUP_STEPS + 2):
         loss, _ = step(plan, batch)
-    assert len(captured) == 1 and _FakeGraph.replays == 0  # tried once, never again
+    # Tried with the batch drawn in the graph, then copied in; never again after that.
+    assert len(captured) == 2 and _FakeGraph.replays == 0 and step.feed is None
     assert len(eager_calls) == 2 and torch.isfinite(loss)  # the capture's step and the one after it
     assert step.failed.startswith("RuntimeError") and "capture failed" in step.describe()
     assert notices == [step.describe()]  # the run's history says its steps went eager, once
     assert all(p.grad is not None for p in step.model.parameters())  # the eager steps after it still train
+
+
+def test_graphed_step_copies_batches_in_when_drawing_them_in_the_graph_fails(monkeypatch) -> None:
+    # The in-graph draw is the newer path: if a GPU refuses to capture it, the step is captured again
+    # with each batch copied in (what pinned data uses) rather than giving the graph up altogether.
+    from ml.graphed import WARMUP_STEPS
+
+    captured = _fake_cuda(monkeypatch, capture_fails=1)
+    notices: list[str] = []
+    step, eager_calls = _graphed_step(notices)
+    plan = step.loader.plan(0)
+    for batch in range(WARMUP_STEPS + 2):
+        step(plan, batch)
+    assert len(captured) == 2 and step.failed is None and step.feed is None and step.graph is not None
+    assert eager_calls == [] and _FakeGraph.replays == 2
+    x, y = step.loader.batch(plan, step.loader.batch_window(WARMUP_STEPS + 1))
+    assert torch.equal(step.static_x, x) and torch.equal(step.static_y, y)  # the last replay's batch
+    assert notices == [step.describe()]
+    assert "copied in (drawing them inside the graph failed: RuntimeError: operation not permitted" in notices[0]
 
 
 def test_graphed_step_captures_a_compiled_model_without_recompiling(monkeypatch) -> None:
