@@ -367,6 +367,9 @@ def trainer_loop(splits: Any, device: torch.device, epochs: int, protocol: str,
            "val_acc": result.final.get("val/acc", float("nan")), "test_acc": result.final.get("test/acc", float("nan"))}
     if made and made[0].graph is not None:
         row["replay_ms"] = replay_ms(made[0].graph)
+        if made[0].feed_failed is not None:
+            print(f"    the batches were copied into the graph: drawing them inside it failed "
+                  f"({made[0].feed_failed})", flush=True)
     elif made and made[0].failed is not None:
         print(f"    the CUDA graph capture failed, so these steps ran eagerly: {made[0].failed}", flush=True)
     return row
