@@ -257,23 +257,22 @@ class GraphedStep:
     def _capture(self, plan: EpochPlan, window: slice) -> None:
         """Record the step; when drawing the batch inside the graph fails, record it again with the batch
         copied in (the path that works with pinned data), and only when that fails too go eager."""
-        try:
-            self._record(plan, window)
-        except Exception as err:  # noqa: BLE001 - the eager step is always there to fall back on
-            reason = f"{type(err).__name__}: {err}"
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.feed is not None:
+        while self.graph is None:
+            try:
+                self._record(plan, window)
+            except Exception as err:  # noqa: BLE001 - the eager step is always there to fall back on
+                reason = f"{type(err).__name__}: {err}"
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.feed is None:
+                    self.failed = reason
+                    log.warning("capturing the training step as a CUDA graph failed (%s): eager steps from here on",
+                                reason)
+                    break
                 log.warning("capturing the training step with its batch drawn inside the CUDA graph failed (%s): "
                             "capturing it with batches copied in", reason)
                 self.feed, self.feed_failed = None, reason
-                self._capture(plan, window)
-                if self.failed is None:
-                    self.notify(self.describe())
-                return
-            self.failed = reason
-            log.warning("capturing the training step as a CUDA graph failed (%s): eager steps from here on",
-                        self.failed)
-            self.notify(self.describe())
+        if self.failed is not None or self.feed_failed is not None:
+            self.notify(self.describe())  # the run's history says its steps are not what was asked for
 
     def _record(self, plan: EpochPlan, window: slice) -> None:
         if self.feed is None:
