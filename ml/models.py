@@ -176,6 +176,11 @@ class Dropout(nn.Dropout):
     p·2^15: the same Bernoulli mask with p rounded to 1/32768, at a fifth of the
     cost (forward and backward 1.1 ms against 5.6 ms). It draws from torch's default
     generator, so `torch.manual_seed` still fixes it. CUDA's dropout is already fused.
+
+    The draws follow the tensor's logical (NCHW) order, not its memory order, so one
+    seed gives the same mask at fp32 NCHW and at bf16 + channels_last: a same-seed
+    comparison of two precisions then differs in its arithmetic alone. (Laid in
+    memory order, the two masks agreed on only 50-58% of elements: chance.)
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,23 +188,25 @@ class Dropout(nn.Dropout):
                 or not _dense(x):
             return super().forward(x)
         keep = _keep_mask(x, self.p)
+        if not x.is_contiguous():  # channels_last: lay the mask out like x, so the multiply runs over matching strides
+            keep = keep.view(torch.uint8).contiguous(memory_format=torch.channels_last)  # as bytes: 2x faster than bool
         return x * keep.to(x.dtype).mul_(1 / (1 - self.p))
 
 
 
 def _dense(x: torch.Tensor) -> bool:
-    """Whether x's elements fill its storage in one of the layouts a flat mask can be laid over."""
+    """Whether x is laid out in one of the two layouts (NCHW or channels_last) that the mask can take."""
     return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
 
 
 def _keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
-    """A bool tensor shaped and strided like x, True with probability 1 - p (p rounded to 1/2^15)."""
+    """A contiguous bool tensor of x's shape, True with probability 1 - p (p rounded to 1/2^15).
+
+    Element i of the draws goes to x's i-th element in logical order, whatever x's memory layout."""
     n = x.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_()  # uniform over [0, 2^63): 63 random bits
     bits = words.view(torch.int16)[:n].bitwise_and_((1 << MASK_BITS) - 1)  # four 15-bit draws per word
-    keep = bits >= round(p * (1 << MASK_BITS))
-    # The draws are independent, so laying the flat mask over x's strides (NCHW or channels_last) is a valid mask.
-    return keep.as_strided(x.size(), x.stride())
+    return (bits >= round(p * (1 << MASK_BITS))).view(x.shape)
 
 
 class CNN(nn.Sequential):

@@ -51,6 +51,18 @@ def test_dropout_same_seed_same_mask_other_seed_other_mask():
     assert not torch.equal(masks[0], masks[2])
 
 
+def test_dropout_same_seed_same_mask_at_fp32_nchw_and_bf16_channels_last():
+    # The bf16-against-fp32 comparison runs the two precisions with one seed: the masks must agree,
+    # or the comparison mixes the precision's effect with a different draw of dropout.
+    x = torch.randn(64, 32, 16, 16)
+    masks = []
+    for layout, dtype in ((torch.contiguous_format, torch.float32), (torch.channels_last, torch.bfloat16)):
+        torch.manual_seed(7)
+        masks.append(Dropout(0.4).train()(x.to(dtype).contiguous(memory_format=layout)) == 0)
+    assert masks[1].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(masks[0], masks[1])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dropout_channels_last_keeps_layout_and_backward_uses_the_same_mask(dtype):
     torch.manual_seed(3)
