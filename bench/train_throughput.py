@@ -10,6 +10,11 @@ as the worker's metric writer would. Two ratios:
   channels_last on GPUs and on CPUs with AMX/AVX512-BF16; fp32 elsewhere, and
   then the bench says so).
 
+Where the trainer runs at bf16 on a CPU, a line per model splits that speed-up:
+the model's convolutions alone, timed at both precisions (oneDNN runs them near
+the CPU's peak either way, so no change to the trainer moves their ratio), and
+the rest of a step, from the loops' images/s.
+
     .venv/bin/python bench/train_throughput.py                # task1 and net2, CPU (+ CUDA if present)
     .venv/bin/python bench/train_throughput.py --models task1 --images 3200 --repeats 5
     .venv/bin/python bench/train_throughput.py --models net2 --compile   # also the trainer with torch.compile
@@ -25,17 +30,21 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # when loaded from a file, not run
+
+from bf16_conv_exactness import conv_shapes  # noqa: E402
 
 from ml.batching import normalize  # noqa: E402
 from ml.config import TrainConfig, from_dict  # noqa: E402
 from ml.models import ELU, Dropout, build_model, get_spec  # noqa: E402
-from ml.precision import choose_precision  # noqa: E402
+from ml.precision import Precision, choose_precision  # noqa: E402
 from ml.trainer import Callback, train  # noqa: E402
 
 
@@ -161,6 +170,54 @@ def measure(model_name: str, device: torch.device, images: int, epochs: int, rep
     return {name: statistics.median(values) for name, values in results.items()}
 
 
+def conv_times(model_name: str, precision: Precision, batch: int, repeats: int = 15) -> tuple[float, float]:
+    """Milliseconds per batch of the model's convolutions alone, forward and backward: fp32 NCHW, then `precision`.
+
+    On a CPU they are most of a step, and oneDNN runs them near the CPU's peak at
+    either precision, so their ratio is the part of the speed-up that the trainer
+    cannot change. The two alternate, so that drift hits both alike.
+    """
+    def convolutions(p: Precision) -> Callable[[], None]:
+        torch.manual_seed(0)
+        layers, inputs = [], []
+        for i, shape in enumerate(conv_shapes(model_name)):
+            conv = nn.Conv2d(shape["cin"], shape["cout"], shape["k"], padding=shape["pad"])
+            layers.append(p.prepare_model(conv))
+            # The first convolution's input is the image, which needs no gradient.
+            image = torch.randn(batch, shape["cin"], shape["hw"], shape["hw"], requires_grad=i > 0)
+            inputs.append(p.prepare_input(image))
+        with p.autocast():  # the output's dtype and layout, for a gradient shaped like the one a step receives
+            grads = [torch.randn_like(layer(x)) for layer, x in zip(layers, inputs)]
+
+        def forward_backward() -> None:
+            for layer, x, grad in zip(layers, inputs, grads):
+                layer.zero_grad(set_to_none=True)
+                with p.autocast():
+                    out = layer(x)
+                out.backward(grad)
+        return forward_backward
+
+    loops = [convolutions(choose_precision("cpu", False)), convolutions(precision)]
+    times: list[list[float]] = [[], []]
+    for i in range(repeats + 1):
+        for loop, kept in zip(loops, times):
+            began = time.perf_counter()
+            loop()
+            if i:  # the first round warms the kernels up
+                kept.append((time.perf_counter() - began) * 1000)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def step_breakdown(model_name: str, precision: Precision, batch: int, bare: float, trainer: float) -> str:
+    """Where the speed-up comes from: the convolutions' ratio, and the rest of a step's (from the loops' images/s)."""
+    conv_fp32, conv_chosen = conv_times(model_name, precision, batch)
+    rest_fp32 = batch * 1000 / bare - conv_fp32
+    rest_chosen = batch * 1000 / trainer - conv_chosen
+    rest = f"{rest_fp32 / rest_chosen:.2f}x" if rest_chosen > 0 and rest_fp32 > 0 else "within noise"
+    return (f"{model_name}: a batch's convolutions {conv_fp32:.1f} -> {conv_chosen:.1f} ms "
+            f"({conv_fp32 / conv_chosen:.2f}x), the rest of its step {rest_fp32:.1f} -> {rest_chosen:.1f} ms ({rest})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["task1", "net2"])
@@ -192,6 +249,9 @@ def main() -> int:
             if args.compile:
                 line += f" {r['trainer_compiled']:>9,.0f} {r['trainer_compiled'] / r['bare']:>8.2f}x"
             print(line, flush=True)
+            if device.type == "cpu" and chosen.name != "fp32" and model_name != "resnet18":  # 256 px: minutes
+                print(step_breakdown(model_name, chosen, bench_config(model_name, 1).batch_size, r["bare"],
+                                     r["trainer"]), flush=True)
     print(f"worst reporting ratio (trainer fp32 / bare fp32) {worst:.3f} (target >= 0.97); "
           f"speed-up = trainer at its chosen precision / bare fp32 loop")
     return 0
